@@ -1,0 +1,102 @@
+"""The ``poller-server`` command line."""
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import MISSING
+
+from .config import Config, config_fields
+from .datadir import DataDirLocked
+from .recovery import RecoveryError
+
+ENV_PREFIX = "POLLER_"
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poller-server",
+        description="Serve the poller job API. Every option can also be set by the "
+        "environment variable POLLER_<OPTION>, for example POLLER_DATA_DIR; "
+        "the command line wins over the environment.",
+    )
+    for item in config_fields():
+        flag = "--" + item.name.replace("_", "-")
+        kwargs: dict = {"help": item.metadata["help"] + f"; env {env_name(item.name)}", "dest": item.name}
+        if item.type in (bool, "bool"):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = {"int": int, "float": float, "str": str}.get(str(item.type), item.type)
+            kwargs["metavar"] = item.name.upper()
+        if "choices" in item.metadata:
+            kwargs["choices"] = item.metadata["choices"]
+        default = item.default if item.default is not MISSING else None
+        kwargs["default"] = default
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
+    """Use ``POLLER_<OPTION>`` variables as defaults; a bad value is a usage error."""
+    defaults = {}
+    for action in parser._actions:
+        name = env_name(action.dest)
+        if action.dest == "help" or name not in environ:
+            continue
+        raw = environ[name]
+        if action.const is True:  # store_true
+            defaults[action.dest] = raw.lower() in ("1", "true", "yes")
+            continue
+        try:
+            value = action.type(raw) if action.type else raw
+        except ValueError:
+            parser.error(f"invalid {name}={raw!r}: expected {getattr(action.type, '__name__', 'a value')}")
+        if action.choices and value not in action.choices:
+            parser.error(f"invalid {name}={raw!r}: must be one of {', '.join(action.choices)}")
+        defaults[action.dest] = value
+    parser.set_defaults(**defaults)
+
+
+def parse_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    parser = build_parser()
+    apply_environment(parser, dict(os.environ) if environ is None else environ)
+    args = parser.parse_args(argv)
+    config = Config(**vars(args))
+    try:
+        config.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    setup_logging(config.log_level)
+    from .server import serve
+
+    try:
+        asyncio.run(serve(config))
+    except (DataDirLocked, RecoveryError) as exc:
+        logging.getLogger("poller_server").error("Poller cannot start: %s", exc)
+        return 1
+    except OSError as exc:
+        logging.getLogger("poller_server").error("Poller cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Server configuration: one field per command-line option.
+
+Each field's metadata holds the help text the command line shows; the
+default is the field's default. ``poller_server.cli`` builds the argument
+parser from these fields, and every option can also come from an
+environment variable ``POLLER_<OPTION>`` (for example ``POLLER_DATA_DIR``).
+"""
+
+from dataclasses import dataclass, field, fields
+
+
+def option(default: object, help: str, **extra: object) -> object:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Config:
+    host: str = option("127.0.0.1", "address to listen on (default: %(default)s)")
+    port: int = option(8080, "TCP port to listen on; 0 picks a free port (default: %(default)s)")
+    data_dir: str = option("./poller-data", "directory for the journal and snapshots (default: %(default)s)")
+    max_body_size: int = option(1048576, "largest request body accepted, in bytes (default: %(default)s)")
+    log_level: str = option(
+        "info", "log level (default: %(default)s)", choices=("debug", "info", "warning", "error")
+    )
+    fsync: str = option(
+        "always",
+        "when a write is acknowledged: 'always' after fsync, 'everysec' fsync once a second, "
+        "'no' leave flushing to the OS (default: %(default)s)",
+        choices=("always", "everysec", "no"),
+    )
+    snapshot_interval: float = option(
+        300.0, "seconds between snapshots; 0 turns timed snapshots off (default: %(default)s)"
+    )
+    snapshot_every: int = option(
+        100000, "journal records after which a snapshot is written; 0 turns this off (default: %(default)s)"
+    )
+    max_wait: float = option(
+        60.0, "longest wait a 'next' request may ask for, in seconds, at most 3600 (default: %(default)s)"
+    )
+    lease: float = option(300.0, "lease of a claimed job when the claim names none, in seconds (default: %(default)s)")
+    max_lease: float = option(604800.0, "longest lease a claim or heartbeat may ask for, in seconds (default: %(default)s)")
+    max_attempts: int = option(
+        3, "claims of one job after which an expired lease fails the job instead of requeuing it (default: %(default)s)"
+    )
+    max_waiters: int = option(
+        10000, "requests that may wait in 'next' at once; more get 503 (default: %(default)s)"
+    )
+    max_jobs: int = option(
+        10000000, "jobs the store may hold; creates beyond it get 507, 0 means no limit (default: %(default)s)"
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option whose value is out of range."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"invalid --port {self.port}: must be 0 to 65535")
+        positive = {
+            "max_body_size": self.max_body_size,
+            "lease": self.lease,
+            "max_lease": self.max_lease,
+            "max_attempts": self.max_attempts,
+            "max_waiters": self.max_waiters,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"invalid --{name.replace('_', '-')} {value}: must be greater than 0")
+        for name in ("snapshot_interval", "snapshot_every", "max_jobs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"invalid --{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+        if not 0 <= self.max_wait <= 3600:
+            raise ValueError(f"invalid --max-wait {self.max_wait}: must be 0 to 3600 seconds")
+        if self.lease > self.max_lease:
+            raise ValueError(f"invalid --lease {self.lease}: must not exceed --max-lease {self.max_lease}")
+
+
+def config_fields() -> tuple:
+    return fields(Config)

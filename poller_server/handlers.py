@@ -1,0 +1,380 @@
+"""HTTP handlers for ``/poller/update/``.
+
+Each request runs the same steps: read and check the parameters, call one
+method of :class:`~poller_server.service.JobService`, write the answer.
+Errors are raised as :class:`~poller_server.errors.PollerError` and turned
+into ``{"error": ...}`` answers in one place, :meth:`BaseHandler.write_error`.
+"""
+
+import logging
+import math
+import re
+import sys
+
+from tornado.iostream import StreamClosedError
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from .config import Config
+from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge, PollerError, Unavailable
+from .jobs import FAILED, RESERVED_KEYS, STATUSES, encode_json
+from .params import Params, parse_json, read_params
+from .service import Claim, JobService
+from .store import validate_status, validate_user
+
+logger = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json; charset=UTF-8"
+EMPTY = b"{}"
+# Jobs written per chunk of a listing; between chunks other requests run.
+LISTING_CHUNK = 500
+MAX_JOB_ID = 2**63 - 1
+MAX_TOKEN_LENGTH = 128
+MAX_REASON_LENGTH = 4096
+TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+DIGITS = re.compile(r"[0-9]+")
+
+
+class BaseHandler(RequestHandler):
+    """Reads the body within the size limit and turns errors into JSON answers."""
+
+    def initialize(self, service: JobService, config: Config) -> None:
+        self.service = service
+        self.config = config
+        self.request_type: str | None = None
+        self.job_id: int | None = None
+        self.user: str | None = None
+        self._chunks: list[bytes] = []
+        self._body_size = 0
+        self._too_large = False
+
+    def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.config.max_body_size:
+            self._reject_body(int(length))
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._too_large:
+            return
+        self._body_size += len(chunk)
+        if self._body_size > self.config.max_body_size:
+            self._too_large = True
+            self._chunks = []
+            return
+        self._chunks.append(chunk)
+
+    def _reject_body(self, size: int) -> None:
+        self._too_large = True
+        # The unread body would be taken for the next request; close instead.
+        self.set_header("Connection", "close")
+        raise PayloadTooLarge(
+            f"request body of {size} bytes exceeds the limit of {self.config.max_body_size} bytes (--max-body-size)"
+        )
+
+    @property
+    def body(self) -> bytes:
+        if self._too_large:
+            raise PayloadTooLarge(
+                f"request body of {self._body_size} bytes exceeds the limit of "
+                f"{self.config.max_body_size} bytes (--max-body-size)"
+            )
+        return b"".join(self._chunks)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, PollerError):
+            if self._finished:
+                return
+            self.send_error(e.status_code, exc_info=sys.exc_info())
+            return
+        super()._handle_request_exception(e)
+
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        exc_info = kwargs.get("exc_info")
+        error = exc_info[1] if isinstance(exc_info, tuple) else None
+        if isinstance(error, PollerError):
+            message = error.message
+            if isinstance(error, Unavailable) and error.retry_after is not None:
+                self.set_header("Retry-After", str(error.retry_after))
+        elif isinstance(error, HTTPError) and status_code < 500:
+            message = error.log_message or self._reason
+        elif status_code >= 500:
+            message = "internal server error; the server log has the details"
+        else:
+            message = self._reason
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(encode_json({"error": message}))
+
+    def write_json(self, body: bytes) -> None:
+        self.set_header("Content-Type", JSON_TYPE)
+        self.write(body)
+
+
+# -- parameter checks ------------------------------------------------------------
+
+
+def parse_job_id(params: Params) -> int:
+    value = params.get("job_id")
+    if value is None:
+        raise BadRequest("missing parameter 'job_id'")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadRequest(f"invalid job_id {value!r}: must be a positive integer")
+    if isinstance(value, str):
+        if not DIGITS.fullmatch(value):
+            raise BadRequest(f"invalid job_id {value!r}: must be a positive integer")
+        value = int(value)
+    if not 1 <= value <= MAX_JOB_ID:
+        raise BadRequest(f"invalid job_id {value!r}: must be a positive integer")
+    return value
+
+
+def parse_seconds(params: Params, name: str, default: float, low: float, high: float, option: str) -> float:
+    value = params.get(name)
+    if value is None:
+        return default
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"invalid {name} {value!r}: must be a number of seconds") from None
+    if not math.isfinite(seconds) or not low <= seconds <= high:
+        raise BadRequest(f"invalid {name} {value!r}: must be {low:g} to {high:g} seconds (the maximum is {option})")
+    return seconds
+
+
+def parse_flag(params: Params, name: str) -> bool:
+    value = params.get(name)
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in TRUE_WORDS:
+        return TRUE_WORDS[value.lower()]
+    raise BadRequest(f"invalid {name} {value!r}: must be true, false, 1, 0, yes or no")
+
+
+def parse_text(params: Params, name: str, max_length: int, required: bool = False) -> str | None:
+    value = params.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"missing parameter {name!r}")
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= max_length:
+        raise BadRequest(f"invalid {name} {value!r}: must be a string of 1 to {max_length} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) and name != "reason":
+        raise BadRequest(f"invalid {name} {value!r}: control characters are not allowed")
+    return value
+
+
+def parse_user(params: Params, required: bool) -> str | None:
+    if "user" not in params:
+        if required:
+            raise BadRequest("missing parameter 'user'")
+        return None
+    return validate_user(params["user"])
+
+
+def check_known(params: Params, request_type: str, allowed: frozenset[str]) -> None:
+    for name in params:
+        if name != "request" and name not in allowed:
+            raise BadRequest(f"unknown parameter {name!r} for request {request_type!r}")
+
+
+def parse_config(params: Params) -> bytes:
+    """Build the configuration of a new job as JSON text; see docs/api.md."""
+    config: dict[str, object] = {}
+    raw = params.get("config_options")
+    if raw is not None:
+        if isinstance(raw, str):
+            raw = parse_json(raw, "config_options")
+        if not isinstance(raw, dict):
+            raise BadRequest(f"invalid config_options: expected a JSON object, got {type(raw).__name__}")
+        config.update(raw)
+    for name, value in params.items():
+        if name in ("request", "user", "config_options"):
+            continue
+        if name in config:
+            raise BadRequest(f"configuration key {name!r} is given both in config_options and as a parameter")
+        config[name] = value
+    for name in config:
+        if name in RESERVED_KEYS:
+            raise BadRequest(f"configuration key {name!r} is reserved for the job's own fields")
+        if not name:
+            raise BadRequest("configuration keys must not be empty")
+    return encode_json(config).encode()
+
+
+# -- the endpoint ----------------------------------------------------------------
+
+GET_REQUESTS = frozenset({"all", "next", "job", *STATUSES})
+POST_REQUESTS = frozenset({"all", "delete", "heartbeat", "requeue", *STATUSES})
+ALL_REQUESTS = GET_REQUESTS | POST_REQUESTS
+
+
+@stream_request_body
+class PollerHandler(BaseHandler):
+    """``/poller/update/?request=...``: the whole job API."""
+
+    _waiter = None
+    _connection_closed = False
+
+    async def get(self) -> None:
+        params = read_params(self.request, b"")
+        request_type = self._request_type(params, GET_REQUESTS)
+        if request_type == "job":
+            check_known(params, request_type, frozenset({"job_id"}))
+            self.job_id = parse_job_id(params)
+            job = self.service.store.get(self.job_id)
+            self.write_json(job.render() if job is not None else EMPTY)
+        elif request_type == "next":
+            await self._next(params)
+        else:
+            check_known(params, request_type, frozenset({"user"}))
+            self.user = parse_user(params, required=False)
+            status = None if request_type == "all" else request_type
+            await self._write_listing(self.service.store.list_ids(status, self.user))
+
+    async def post(self) -> None:
+        params = read_params(self.request, self.body)
+        request_type = self._request_type(params, POST_REQUESTS)
+        service = self.service
+        if request_type == "new":
+            self.user = parse_user(params, required=True)
+            assert self.user is not None
+            config = parse_config(params)
+            job = await service.create(self.user, config)
+            self.job_id = job.job_id
+            self.write_json(job.render())
+        elif request_type == "all":
+            check_known(params, request_type, frozenset({"status", "user"}))
+            if "status" not in params:
+                raise BadRequest("missing parameter 'status'")
+            status = validate_status(params["status"])
+            self.user = parse_user(params, required=False)
+            updated = await service.bulk(status, self.user)
+            self.write_json(encode_json({"updated": updated}).encode())
+        elif request_type in STATUSES:
+            allowed = {"job_id", "lease_id"} | ({"reason"} if request_type == FAILED else set())
+            check_known(params, request_type, frozenset(allowed))
+            self.job_id = parse_job_id(params)
+            lease_id = parse_text(params, "lease_id", MAX_TOKEN_LENGTH)
+            reason = parse_text(params, "reason", MAX_REASON_LENGTH)
+            job = await service.move(self.job_id, request_type, lease_id, reason)
+            self.write_json(job.render())
+        elif request_type == "heartbeat":
+            check_known(params, request_type, frozenset({"job_id", "lease_id", "lease"}))
+            self.job_id = parse_job_id(params)
+            lease_id = parse_text(params, "lease_id", MAX_TOKEN_LENGTH, required=True)
+            assert lease_id is not None
+            lease = parse_seconds(params, "lease", self.config.lease, 1, self.config.max_lease, "--max-lease")
+            self.write_json(await service.heartbeat(self.job_id, lease_id, lease))
+        elif request_type == "requeue":
+            check_known(params, request_type, frozenset({"job_id"}))
+            self.job_id = parse_job_id(params)
+            self.write_json((await service.requeue(self.job_id)).render())
+        else:
+            assert request_type == "delete"
+            check_known(params, request_type, frozenset({"job_id"}))
+            self.job_id = parse_job_id(params)
+            self.write_json((await service.delete(self.job_id)).render())
+
+    def _request_type(self, params: Params, supported: frozenset[str]) -> str:
+        value = params.get("request")
+        if value is None:
+            raise BadRequest("missing parameter 'request'")
+        if not isinstance(value, str) or value not in ALL_REQUESTS:
+            raise BadRequest(f"unknown request {value!r}: must be one of {', '.join(sorted(ALL_REQUESTS))}")
+        self.request_type = value
+        if value not in supported:
+            other = "POST" if self.request.method == "GET" else "GET"
+            self.set_header("Allow", other)
+            raise MethodNotAllowed(f"request {value!r} does not support {self.request.method}; use {other}")
+        return value
+
+    async def _write_listing(self, ids: list[int]) -> None:
+        jobs = self.service.store.jobs
+        if not ids:
+            self.write_json(EMPTY)
+            return
+        self.set_header("Content-Type", JSON_TYPE)
+        separator = b"["
+        for start in range(0, len(ids), LISTING_CHUNK):
+            parts = []
+            for job_id in ids[start:start + LISTING_CHUNK]:
+                job = jobs.get(job_id)
+                if job is not None:  # deleted while the listing was written
+                    parts.append(separator)
+                    parts.append(job.render())
+                    separator = b","
+            self.write(b"".join(parts))
+            if start + LISTING_CHUNK < len(ids):
+                await self.flush()
+        self.write(b"]" if separator == b"," else b"[]")
+
+    # -- next ----------------------------------------------------------------------
+
+    async def _next(self, params: Params) -> None:
+        check_known(params, "next", frozenset({"user", "wait", "claim", "runner", "lease"}))
+        config = self.config
+        self.user = parse_user(params, required=False)
+        wait = parse_seconds(params, "wait", 0, 0, config.max_wait, "--max-wait")
+        claim = parse_flag(params, "claim")
+        runner = parse_text(params, "runner", MAX_TOKEN_LENGTH)
+        lease = parse_seconds(params, "lease", config.lease, 1, config.max_lease, "--max-lease")
+
+        result = self.service.next_now(self.user, claim, runner, lease)
+        if result is None and wait > 0:
+            self._waiter = self.service.start_wait(self.user, claim, runner, lease, wait)
+            try:
+                result = await self._waiter.future
+            finally:
+                self._waiter = None
+
+        if isinstance(result, Claim):
+            await self._send_claim(result)
+        else:
+            self.write_json(result if result is not None else EMPTY)
+
+    async def _send_claim(self, claim: Claim) -> None:
+        self.job_id = claim.job_id
+        try:
+            await self.service.sync_claim(claim)
+        except Unavailable:
+            await self.service.undo_claim(claim)
+            raise
+        if self._connection_closed:
+            await self.service.undo_claim(claim)
+            return
+        self.write_json(claim.body)
+        try:
+            await self.finish()
+        except StreamClosedError:
+            await self.service.undo_claim(claim)
+
+    def on_connection_close(self) -> None:
+        self._connection_closed = True
+        if self._waiter is not None:
+            self.service.cancel_wait(self._waiter)
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Write one access-log line: method, request type, job, user, status, milliseconds."""
+    status = handler.get_status()
+    if status < 400:
+        log = logging.getLogger("tornado.access").info
+    elif status < 500:
+        log = logging.getLogger("tornado.access").warning
+    else:
+        log = logging.getLogger("tornado.access").error
+    request_type = getattr(handler, "request_type", None)
+    job_id = getattr(handler, "job_id", None)
+    user = getattr(handler, "user", None)
+    log(
+        "%d %s %s request=%s job_id=%s user=%s %.1fms",
+        status,
+        handler.request.method,
+        handler.request.path,
+        request_type or "-",
+        job_id if job_id is not None else "-",
+        encode_json(user) if user is not None else "-",
+        1000.0 * handler.request.request_time(),
+    )

@@ -1,0 +1,230 @@
+"""Recovery at start: newest valid snapshot, then the journal after it.
+
+Steps, in order:
+
+1. Load the newest snapshot that passes its checksum. An invalid one is
+   skipped with a warning and the one before it is tried. If every snapshot
+   is invalid, the journal alone is used only when it still starts at seq 1;
+   otherwise recovery fails, because jobs would be missing.
+2. Replay every journal record after the snapshot's seq, in seq order.
+   Records the snapshot already covers are skipped, so a crash between a
+   snapshot's rename and the journal's compaction applies nothing twice. A gap
+   in the seq numbers fails recovery.
+3. A bad record with no valid record after it is a torn tail: the bytes from
+   it to the end move to a quarantine file beside the segment and the segment
+   is cut there. A bad record followed by valid ones is corruption in the
+   middle: recovery fails with the file, the offset and the repair command.
+
+With ``repair=False`` nothing on disk changes and the report says what a
+start would do; ``poller-recover check`` uses that.
+"""
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import msgpack
+
+from .jobs import STATUSES
+from .journal import FILE_HEADER, fsync_directory, list_segments, read_segment, decode_payload
+from .snapshot import SnapshotError, list_snapshots, read_snapshot
+from .store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class RecoveryError(Exception):
+    """The data directory cannot be loaded without losing or inventing jobs."""
+
+
+@dataclass
+class SnapshotReport:
+    path: str
+    seq: int | None
+    jobs: int | None
+    valid: bool
+    error: str | None = None
+
+
+@dataclass
+class SegmentReport:
+    path: str
+    records: int
+    first_seq: int | None
+    last_seq: int | None
+    size: int
+
+
+@dataclass
+class DamageReport:
+    path: str
+    offset: int
+    bytes: int
+    reason: str
+    quarantine: str | None = None
+
+
+@dataclass
+class RecoveryReport:
+    snapshots: list[SnapshotReport] = field(default_factory=list)
+    snapshot_loaded: str | None = None
+    snapshot_seq: int = 0
+    segments: list[SegmentReport] = field(default_factory=list)
+    records_replayed: int = 0
+    last_seq: int = 0
+    torn_tail: DamageReport | None = None
+    corruption: DamageReport | None = None
+    error: str | None = None
+    jobs: int = 0
+    next_id: int = 1
+    status_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def repair_command(data_dir: str) -> str:
+    return f"poller-recover repair --data-dir {data_dir}"
+
+
+def quarantine_name(segment_path: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{segment_path}.quarantine-{stamp}"
+
+
+def quarantine_tail(segment_path: str, offset: int) -> str:
+    """Move the bytes of ``segment_path`` from ``offset`` on into a quarantine file."""
+    target = quarantine_name(segment_path)
+    with open(segment_path, "r+b") as f:
+        f.seek(offset)
+        tail = f.read()
+        with open(target, "wb") as out:
+            out.write(tail)
+            out.flush()
+            os.fsync(out.fileno())
+        if offset < FILE_HEADER.size:
+            # Not even the file header survived: the segment holds nothing.
+            os.unlink(segment_path)
+        else:
+            f.truncate(offset)
+            f.flush()
+            os.fsync(f.fileno())
+    fsync_directory(os.path.dirname(segment_path) or ".")
+    return target
+
+
+def recover(data_dir: str, repair: bool = True) -> tuple[JobStore, RecoveryReport]:
+    """Rebuild the store from ``data_dir``; see the module docstring.
+
+    Raises RecoveryError when the server must not start. The report is
+    attached to the exception as ``.report``.
+    """
+    started = time.monotonic()
+    report = RecoveryReport()
+    try:
+        store = _recover(data_dir, repair, report)
+    except RecoveryError as exc:
+        report.error = str(exc)
+        exc.report = report  # type: ignore[attr-defined]
+        raise
+    report.jobs = len(store)
+    report.next_id = store.next_id
+    report.status_counts = {status: store.count(status) for status in STATUSES}
+    report.seconds = time.monotonic() - started
+    return store, report
+
+
+def _load_snapshot(data_dir: str, store: JobStore, report: RecoveryReport) -> int | None:
+    """Load the newest valid snapshot into ``store``; return its seq, or None if none is valid."""
+    for seq, path in list_snapshots(data_dir):
+        try:
+            snapshot = read_snapshot(path)
+        except SnapshotError as exc:
+            logger.warning("Snapshot %s is invalid, trying an older one: %s", path, exc)
+            report.snapshots.append(SnapshotReport(path, seq, None, False, str(exc)))
+            continue
+        store.load(snapshot.jobs, snapshot.next_id)
+        report.snapshots.append(SnapshotReport(path, snapshot.seq, len(snapshot.jobs), True))
+        report.snapshot_loaded = path
+        report.snapshot_seq = snapshot.seq
+        return snapshot.seq
+    return None
+
+
+def _recover(data_dir: str, repair: bool, report: RecoveryReport) -> JobStore:
+    store = JobStore()
+    segments = list_segments(data_dir)
+    base_seq = _load_snapshot(data_dir, store, report)
+    if base_seq is None:
+        if report.snapshots and not (segments and segments[0][0] == 1):
+            raise RecoveryError(
+                f"no valid snapshot in {data_dir} and the journal does not start at seq 1, "
+                "so jobs would be missing; restore a snapshot from backup or run "
+                f"'{repair_command(data_dir)}' to see what can be saved"
+            )
+        if report.snapshots:
+            logger.warning("No valid snapshot; rebuilding from the whole journal")
+        base_seq = 0
+
+    last_seq = base_seq
+    pending_tail: DamageReport | None = None
+    for index, (first_seq, path) in enumerate(segments):
+        scan, records = read_segment(path, first_seq, None)
+        report.segments.append(
+            SegmentReport(path, scan.records, records[0].seq if records else None, scan.last_seq, scan.size)
+        )
+        if pending_tail is not None and records:
+            _fail_corrupt(data_dir, pending_tail, report)
+        for record in records:
+            if record.seq <= base_seq:
+                continue
+            if record.seq != last_seq + 1:
+                raise RecoveryError(
+                    f"journal {path} jumps from seq {last_seq} to {record.seq}: records are missing; "
+                    f"run '{repair_command(data_dir)}'"
+                )
+            try:
+                store.apply(decode_payload(record.payload))
+            except (KeyError, AssertionError, TypeError, ValueError, msgpack.UnpackException) as exc:
+                raise RecoveryError(
+                    f"journal {path} record seq {record.seq} at offset {record.offset} "
+                    f"cannot be applied ({exc!r}); run '{repair_command(data_dir)}'"
+                ) from exc
+            last_seq = record.seq
+            report.records_replayed += 1
+        if scan.bad_offset is None:
+            continue
+        damage = DamageReport(path, scan.bad_offset, scan.size - scan.bad_offset, scan.bad_reason or "")
+        covered = index + 1 < len(segments) and segments[index + 1][0] <= base_seq + 1
+        if covered:
+            logger.warning(
+                "Journal %s is damaged at offset %d, but the snapshot covers it: %s",
+                path, scan.bad_offset, scan.bad_reason,
+            )
+            continue
+        if scan.resync_offset is not None:
+            _fail_corrupt(data_dir, damage, report)
+        pending_tail = damage
+
+    if pending_tail is not None:
+        report.torn_tail = pending_tail
+        if repair:
+            pending_tail.quarantine = quarantine_tail(pending_tail.path, pending_tail.offset)
+            logger.warning(
+                "Journal %s had a torn tail: cut %d bytes at offset %d (%s) and moved them to %s",
+                pending_tail.path, pending_tail.bytes, pending_tail.offset, pending_tail.reason,
+                pending_tail.quarantine,
+            )
+    report.last_seq = last_seq
+    return store
+
+
+def _fail_corrupt(data_dir: str, damage: DamageReport, report: RecoveryReport) -> None:
+    report.corruption = damage
+    raise RecoveryError(
+        f"journal {damage.path} is corrupt at offset {damage.offset} ({damage.reason}) "
+        "and valid records follow, so starting would silently drop jobs; "
+        f"run '{repair_command(data_dir)}' to cut and quarantine the damaged part"
+    )

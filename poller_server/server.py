@@ -1,0 +1,124 @@
+"""Opening a data directory, serving HTTP, and stopping cleanly."""
+
+import asyncio
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from .app import make_app
+from .config import Config
+from .datadir import lock_data_dir, unlock_data_dir
+from .journal import Journal
+from .recovery import recover
+from .service import JobService
+from .snapshotter import Snapshotter, remove_temporary_files
+
+logger = logging.getLogger(__name__)
+
+# How long a clean stop waits for answers already being written.
+SHUTDOWN_GRACE_SECONDS = 1.0
+
+
+@dataclass
+class Runtime:
+    """Everything that lives as long as the data directory is open."""
+
+    config: Config
+    service: JobService
+    journal: Journal
+    snapshotter: Snapshotter
+    lock_fd: int
+    recovery_seconds: float
+
+    def start(self) -> None:
+        """Start the timers; needs a running event loop."""
+        self.journal.start_background_sync()
+        self.snapshotter.start()
+        self.service.arm_recovered_leases()
+
+    async def close(self, final_snapshot: bool = True) -> None:
+        """Answer waiters, flush the journal, write a last snapshot, release the lock."""
+        self.service.close()
+        self.snapshotter.stop()
+        await self.snapshotter.wait_idle()
+        try:
+            if final_snapshot and not self.journal.failing:
+                await self.snapshotter.take(fork=False)
+        finally:
+            await self.journal.close()
+            unlock_data_dir(self.lock_fd)
+
+
+def open_data_dir(config: Config) -> Runtime:
+    """Lock the data directory, recover its state and open the journal.
+
+    Raises DataDirLocked or RecoveryError when the server must not start.
+    """
+    lock_fd = lock_data_dir(config.data_dir)
+    try:
+        remove_temporary_files(config.data_dir)
+        store, report = recover(config.data_dir)
+        logger.info(
+            "Recovered %d jobs in %.0f ms: snapshot %s (seq %d), %d journal records replayed, last seq %d",
+            report.jobs,
+            1000 * report.seconds,
+            report.snapshot_loaded or "none",
+            report.snapshot_seq,
+            report.records_replayed,
+            report.last_seq,
+        )
+        journal = Journal(config.data_dir, report.last_seq + 1, config.fsync)
+    except BaseException:
+        unlock_data_dir(lock_fd)
+        raise
+    service = JobService(store, journal, config)
+    snapshotter = Snapshotter(
+        config.data_dir, store, journal, config.snapshot_interval, config.snapshot_every
+    )
+    service.on_commit.append(snapshotter.after_commit)
+    return Runtime(config, service, journal, snapshotter, lock_fd, report.seconds)
+
+
+def format_address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if sock.family == socket.AF_INET6:
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+async def serve(config: Config) -> None:
+    """Run the server until SIGINT or SIGTERM, then stop cleanly."""
+    runtime = open_data_dir(config)
+    runtime.start()
+    app = make_app(runtime.service, config)
+    http_server = HTTPServer(app, max_body_size=config.max_body_size, xheaders=False)
+    try:
+        sockets = bind_sockets(config.port, config.host)
+    except OSError:
+        await runtime.close(final_snapshot=False)
+        raise
+    http_server.add_sockets(sockets)
+    addresses = ", ".join(f"http://{format_address(s)}" for s in sockets)
+    logger.info(
+        "Poller listening on %s (data dir %s, fsync %s)", addresses, config.data_dir, config.fsync
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    logger.info("Poller stopping: answering %d waiting requests", runtime.service.waiters.count)
+    http_server.stop()
+    runtime.service.close()
+    try:
+        await asyncio.wait_for(http_server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
+    except asyncio.TimeoutError:
+        logger.warning("Some connections were still open after %.1f s", SHUTDOWN_GRACE_SECONDS)
+    await runtime.close()
+    logger.info("Poller stopped")

@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="poller-server",
+    version="0.1.0",
+    description="Job server for climate-model runs: runners poll it over HTTP for the next run",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["poller_server", "poller_server.*"]),
+    install_requires=[
+        "tornado>=6.2,<7",
+        "msgpack>=1.0",
+        "sortedcontainers>=2.4",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-tornado>=0.8.1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "poller-server=poller_server.cli:main",
+        ],
+    },
+)
