@@ -111,6 +111,8 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    # SIGUSR1 asks for a snapshot now, for operators and benchmarks.
+    loop.add_signal_handler(signal.SIGUSR1, runtime.snapshotter.request)
     await stop.wait()
 
     logger.info("Poller stopping: answering %d waiting requests", runtime.service.waiters.count)
