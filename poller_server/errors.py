@@ -31,6 +31,10 @@ class JobNotFound(PollerError):
 class MethodNotAllowed(PollerError):
     status_code = 405
 
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
 
 class Conflict(PollerError):
     status_code = 409

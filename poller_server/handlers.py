@@ -94,6 +94,8 @@ class BaseHandler(RequestHandler):
             message = error.message
             if isinstance(error, Unavailable) and error.retry_after is not None:
                 self.set_header("Retry-After", str(error.retry_after))
+            if isinstance(error, MethodNotAllowed):
+                self.set_header("Allow", error.allow)
         elif isinstance(error, HTTPError) and status_code < 500:
             message = error.log_message or self._reason
         elif status_code >= 500:
@@ -286,8 +288,7 @@ class PollerHandler(BaseHandler):
         self.request_type = value
         if value not in supported:
             other = "POST" if self.request.method == "GET" else "GET"
-            self.set_header("Allow", other)
-            raise MethodNotAllowed(f"request {value!r} does not support {self.request.method}; use {other}")
+            raise MethodNotAllowed(f"request {value!r} does not support {self.request.method}; use {other}", other)
         return value
 
     async def _write_listing(self, ids: list[int]) -> None:

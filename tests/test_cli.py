@@ -1,0 +1,96 @@
+"""The poller-server command line, as a real process."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from poller_server.cli import parse_config
+from poller_server.config import config_fields
+
+
+def run_cli(*args, env=None, timeout=15):
+    return subprocess.run([sys.executable, "-m", "poller_server", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_help_states_unit_and_default_of_every_option():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for item in config_fields():
+        flag = "--" + item.name.replace("_", "-")
+        assert flag in text
+        assert "POLLER_" + item.name.upper() in text
+    assert "(default: 127.0.0.1)" in text
+    assert "(default: 8080)" in text
+    assert "(default: ./poller-data)" in text
+    assert "in bytes (default: 1048576)" in text
+    assert "(default: info)" in text
+
+
+def test_environment_sets_options():
+    config = parse_config([], {"POLLER_PORT": "9999", "POLLER_DATA_DIR": "/tmp/x", "POLLER_FSYNC": "no"})
+    assert (config.port, config.data_dir, config.fsync) == (9999, "/tmp/x", "no")
+
+
+def test_command_line_wins_over_environment():
+    config = parse_config(["--port", "7000"], {"POLLER_PORT": "9999"})
+    assert config.port == 7000
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"POLLER_PORT": "eighty"}, "POLLER_PORT"),
+    ({"POLLER_FSYNC": "sometimes"}, "POLLER_FSYNC"),
+])
+def test_bad_environment_value_is_usage_error(env, fragment):
+    result = run_cli("--data-dir", "/nonexistent/never-created", env=env)
+    assert result.returncode == 2
+    assert fragment in result.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--port", "70000"], "--port"),
+    (["--max-wait", "4000"], "--max-wait"),
+    (["--lease", "0"], "--lease"),
+    (["--fsync", "maybe"], "--fsync"),
+])
+def test_bad_option_is_usage_error(args, fragment):
+    result = run_cli(*args, "--data-dir", "/nonexistent/never-created")
+    assert result.returncode == 2
+    assert fragment in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly(server_factory, signum):
+    server = server_factory()
+    assert server.url.startswith("http://127.0.0.1:")
+    assert not server.url.endswith(":0")
+    assert server.call("POST", request="new", user="u").code == 200
+    server.proc.send_signal(signum)
+    assert server.wait_exit() == 0
+    assert "Poller stopped" in server.log
+
+
+def test_port_zero_logs_bound_port(server_factory):
+    server = server_factory()
+    port = int(server.url.rsplit(":", 1)[1])
+    assert port > 0
+    assert server.call("GET", request="all").code == 200
+
+
+def test_port_in_use_fails_with_message(server_factory, tmp_path):
+    first = server_factory()
+    port = first.url.rsplit(":", 1)[1]
+    second = server_factory("--port", port, data_dir=tmp_path / "other", expect_listening=False)
+    assert second.wait_exit() == 1
+    assert "cannot start" in second.log
+
+
+def test_module_and_console_script_agree():
+    script = os.path.join(os.path.dirname(sys.executable), "poller-server")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=15)
+    assert result.returncode == 0
+    assert result.stdout == run_cli("--help").stdout.replace("__main__.py", "poller-server")
