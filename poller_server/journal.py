@@ -216,6 +216,10 @@ class Journal:
         self.last_sync_seconds = 0.0
         self.sync_count = 0
         self.synced_records = 0
+        # Totals since start for the metrics: successful appends and fsyncs, and their time.
+        self.append_count = 0
+        self.append_seconds_total = 0.0
+        self.sync_seconds_total = 0.0
         # Set while appends fail (disk full, I/O error); cleared by the next
         # successful append. A failed fsync is sticky: see _sync_loop.
         self.append_error: str | None = None
@@ -263,6 +267,7 @@ class Journal:
         if self.sync_error is not None:
             raise JournalError(self.sync_error)
         seq = self.next_seq
+        started = time.monotonic()
         data = encode_record(seq, change)
         start = self._offset
         try:
@@ -284,6 +289,8 @@ class Journal:
         self._offset = start + len(data)
         self.next_seq = seq + 1
         self.records_since_rotate += 1
+        self.append_count += 1
+        self.append_seconds_total += time.monotonic() - started
         return seq
 
     async def sync(self, seq: int) -> None:
@@ -327,6 +334,7 @@ class Journal:
                     self._waiters = []
                     return
                 self.last_sync_seconds = time.monotonic() - started
+                self.sync_seconds_total += self.last_sync_seconds
                 self.last_sync_time = time.monotonic()
                 self.sync_count += 1
                 self.synced_records += target - self.synced_seq
