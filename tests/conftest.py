@@ -24,9 +24,14 @@ LISTENING = re.compile(r"Poller listening on (https?://\S+?)[,\s]")
 
 
 @pytest.fixture
-def config(tmp_path) -> Config:
-    """A server configuration with its data directory under tmp_path; tests may change fields."""
-    return Config(port=0, data_dir=str(tmp_path / "data"))
+def config(tmp_path, request) -> Config:
+    """A server configuration with its data directory under tmp_path.
+
+    ``@pytest.mark.config(max_waiters=3)`` on a test sets fields before the app starts.
+    """
+    marker = request.node.get_closest_marker("config")
+    overrides = marker.kwargs if marker else {}
+    return Config(port=0, data_dir=str(tmp_path / "data"), **overrides)
 
 
 @pytest.fixture
