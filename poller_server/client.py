@@ -1,0 +1,609 @@
+"""Clients for the poller job API: :class:`PollerClient` and :class:`AsyncPollerClient`.
+
+Both classes have the same methods and return plain dicts: a job, a list of
+jobs, or ``None`` where the server returns ``{}`` (no such job, no job
+ready). ``PollerClient`` blocks and uses only the standard library;
+``AsyncPollerClient`` is awaited on an asyncio event loop and uses Tornado's
+HTTP client.
+
+Errors are raised as :class:`PollerClientError` subclasses. An HTTP error
+answer becomes a :class:`ResponseError` subclass chosen by status code
+(:class:`NotFound`, :class:`Conflict`, ...) that carries the status and the
+server's message. A server that cannot be reached, or does not answer in
+time, raises :class:`ConnectionFailed`.
+
+Connection failures, time-outs and 503 answers are retried with exponential
+back-off and full jitter, waiting at least as long as a ``Retry-After``
+header asks. A create is retried only when the caller passes
+``retry=True``, because a create whose answer was lost may have been made,
+and repeating it makes a second job. Other requests are safe to repeat: a
+status move to the status a job already has, a requeue of a ``new`` job and
+a heartbeat change nothing the second time. A retried delete whose first
+attempt did reach the server raises :class:`NotFound`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import random
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+API_PATH = "/poller/update/"
+DEFAULT_URL = "http://127.0.0.1:8080"
+STATUSES = ("new", "in_progress", "complete", "failed")
+
+Job = dict[str, Any]
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+class PollerClientError(Exception):
+    """A request to the poller failed; ``status`` is the HTTP status, or None without an answer."""
+
+    status: int | None = None
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class ConnectionFailed(PollerClientError):
+    """The server could not be reached, or the connection broke before the answer."""
+
+
+class TimedOut(ConnectionFailed):
+    """The server did not answer within the request time-out."""
+
+
+class TLSFailed(PollerClientError):
+    """The TLS handshake failed, for example because the server's certificate is not trusted."""
+
+
+class ResponseError(PollerClientError):
+    """The server answered with an HTTP error status; ``message`` is its ``error`` text."""
+
+    status: int = 500
+
+    def __str__(self) -> str:
+        return f"{self.message} (HTTP {self.status})"
+
+
+class BadRequest(ResponseError):
+    status = 400
+
+
+class Unauthorized(ResponseError):
+    status = 401
+
+
+class Forbidden(ResponseError):
+    status = 403
+
+
+class NotFound(ResponseError):
+    status = 404
+
+
+class MethodNotAllowed(ResponseError):
+    status = 405
+
+
+class Conflict(ResponseError):
+    status = 409
+
+
+class PayloadTooLarge(ResponseError):
+    status = 413
+
+
+class UnsupportedMediaType(ResponseError):
+    status = 415
+
+
+class Unavailable(ResponseError):
+    """The server cannot take the request now; ``retry_after`` is its hint in seconds, if any."""
+
+    status = 503
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+class InsufficientStorage(ResponseError):
+    """The server holds as many jobs as it may (HTTP 507)."""
+
+    status = 507
+
+
+ERRORS_BY_STATUS: dict[int, type[ResponseError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Unavailable,
+        InsufficientStorage,
+    )
+}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Return a ``Retry-After`` header in seconds; HTTP dates and bad values give None."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def error_from_response(status: int, reason: str, body: bytes, retry_after: str | None) -> ResponseError:
+    """Build the typed error for an HTTP error answer."""
+    message = reason or "HTTP error"
+    try:
+        document = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()
+        if text:
+            message = text[:500]
+    else:
+        if isinstance(document, dict) and isinstance(document.get("error"), str):
+            message = document["error"]
+    cls = ERRORS_BY_STATUS.get(status, ResponseError)
+    if cls is Unavailable:
+        return Unavailable(message, status, parse_retry_after(retry_after))
+    return cls(message, status)
+
+
+# -- requests --------------------------------------------------------------------------
+
+
+@dataclass
+class ApiCall:
+    """One API request: its parameters, how long the server may hold it, and how to read the answer."""
+
+    method: str
+    params: dict[str, Any]
+    convert: Callable[[Any], Any]
+    retry: bool = True
+    # Seconds the server may hold the request on purpose (a long poll); added to the time-out.
+    hold: float = 0.0
+
+    @property
+    def request_type(self) -> str:
+        return str(self.params["request"])
+
+
+def job_or_none(document: Any) -> Job | None:
+    return document if document else None
+
+
+def job_list(document: Any) -> list[Job]:
+    return document if isinstance(document, list) else []
+
+
+def updated_count(document: Any) -> int:
+    return int(document["updated"])
+
+
+def drop_none(**params: Any) -> dict[str, Any]:
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def create_call(user: str, config: dict[str, Any], retry: bool) -> ApiCall:
+    params = {"request": "new", "user": user, "config_options": dict(config)}
+    return ApiCall("POST", params, job_or_none, retry=retry)
+
+
+def get_call(job_id: int) -> ApiCall:
+    return ApiCall("GET", {"request": "job", "job_id": job_id}, job_or_none)
+
+
+def list_call(status: str | None, user: str | None) -> ApiCall:
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"invalid status {status!r}: must be one of {', '.join(STATUSES)}")
+    return ApiCall("GET", drop_none(request=status or "all", user=user), job_list)
+
+
+def next_call(
+    user: str | None, wait: float, claim: bool, runner: str | None, lease: float | None
+) -> ApiCall:
+    params = drop_none(request="next", user=user, runner=runner, lease=lease)
+    if wait:
+        params["wait"] = wait
+    if claim:
+        params["claim"] = "true"
+    return ApiCall("GET", params, job_or_none, hold=wait)
+
+
+def move_call(job_id: int, status: str, lease_id: str | None, reason: str | None) -> ApiCall:
+    if status not in ("in_progress", "complete", "failed"):
+        raise ValueError(f"invalid status {status!r}: must be in_progress, complete or failed")
+    if reason is not None and status != "failed":
+        raise ValueError("a reason can only be given with status failed")
+    return ApiCall("POST", drop_none(request=status, job_id=job_id, lease_id=lease_id, reason=reason), job_or_none)
+
+
+def heartbeat_call(job_id: int, lease_id: str, lease: float | None) -> ApiCall:
+    return ApiCall("POST", drop_none(request="heartbeat", job_id=job_id, lease_id=lease_id, lease=lease), job_or_none)
+
+
+def requeue_call(job_id: int) -> ApiCall:
+    return ApiCall("POST", {"request": "requeue", "job_id": job_id}, job_or_none)
+
+
+def delete_call(job_id: int) -> ApiCall:
+    return ApiCall("POST", {"request": "delete", "job_id": job_id}, job_or_none)
+
+
+def bulk_call(status: str, user: str | None) -> ApiCall:
+    return ApiCall("POST", drop_none(request="all", status=status, user=user), updated_count)
+
+
+# -- shared settings ---------------------------------------------------------------------
+
+
+@dataclass
+class RetryPolicy:
+    """How often and how long to wait before repeating a request that may succeed later.
+
+    The n-th retry waits a random time between 0 and ``min(max_delay,
+    base_delay * 2**(n-1))`` seconds, or the server's ``Retry-After`` if
+    that is longer.
+    """
+
+    retries: int = 6
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def delay(self, retry: int, error: PollerClientError) -> float:
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (retry - 1))
+        delay = self.rng.uniform(0, ceiling)
+        if isinstance(error, Unavailable) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        return delay
+
+
+def read_token(token: str | None, token_file: str | None) -> str | None:
+    """Return the bearer token given directly or as the first line of ``token_file``."""
+    if token is not None and token_file is not None:
+        raise ValueError("give either token or token_file, not both")
+    if token_file is not None:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.readline().strip()
+        if not token:
+            raise ValueError(f"token file {token_file} is empty")
+    return token
+
+
+class ClientBase:
+    """Settings and request handling shared by the blocking and the asyncio client."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        token_file: str | None = None,
+        ca_file: str | None = None,
+        connect_timeout: float = 10.0,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """Point the client at ``url``, the server's base URL such as ``http://host:8080``.
+
+        ``timeout`` bounds the wait for an answer, in seconds; a long poll
+        gets its ``wait`` on top. ``ca_file`` names the PEM file of the
+        certificate authorities that an ``https`` server's certificate must
+        chain to; without it the system's are used.
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"invalid server URL {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+        self.url = url.rstrip("/")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.path = parts.path.rstrip("/") + API_PATH
+        self.endpoint = f"{parts.scheme}://{parts.netloc}{self.path}"
+        self.token = read_token(token, token_file)
+        self.ca_file = ca_file
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.retry_policy = retry or RetryPolicy()
+
+    def _prepare(self, call: ApiCall) -> tuple[str, bytes | None, dict[str, str]]:
+        """Return the target (path and query), body and headers of ``call``."""
+        headers = {"Accept": "application/json"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if call.method == "GET":
+            return self.path + "?" + urllib.parse.urlencode(call.params), None, headers
+        headers["Content-Type"] = "application/json"
+        # A JSON body keeps configuration values' types and any characters.
+        body = json.dumps(call.params, ensure_ascii=False).encode("utf-8")
+        return self.path, body, headers
+
+    def _request_timeout(self, call: ApiCall) -> float:
+        return self.timeout + call.hold
+
+    def _read(self, call: ApiCall, status: int, reason: str, body: bytes, retry_after: str | None) -> Any:
+        if status >= 400:
+            raise error_from_response(status, reason, body, retry_after)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise ResponseError(
+                f"the server returned invalid JSON for request {call.request_type!r}: {body[:200]!r}", status
+            ) from None
+        return call.convert(document)
+
+    def _retry_delay(self, call: ApiCall, attempt: int, error: PollerClientError) -> float | None:
+        """Return seconds to wait before repeating ``call``, or None to raise ``error``."""
+        retryable = isinstance(error, (ConnectionFailed, Unavailable))
+        if not (call.retry and retryable) or attempt > self.retry_policy.retries:
+            return None
+        delay = self.retry_policy.delay(attempt, error)
+        logger.warning(
+            "Request %s to %s failed: %s; retry %d of %d in %.2f s",
+            call.request_type, self.url, error, attempt, self.retry_policy.retries, delay,
+        )
+        return delay
+
+
+# -- blocking client ----------------------------------------------------------------------
+
+
+class PollerClient(ClientBase):
+    """A blocking client of the poller job API; one connection per request, safe to share between threads."""
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    def _send_once(self, call: ApiCall) -> Any:
+        target, body, headers = self._prepare(call)
+        connection: http.client.HTTPConnection
+        if self.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.connect_timeout, context=self._ssl_context()
+            )
+        else:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+        try:
+            try:
+                connection.connect()
+                assert connection.sock is not None
+                # NOTE: the socket time-out bounds each read, not the whole answer;
+                # the server sends nothing until the answer is ready, so the first
+                # read covers a long poll.
+                connection.sock.settimeout(self._request_timeout(call))
+                connection.request(call.method, target, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+            except TimeoutError as exc:
+                raise TimedOut(f"no answer from {self.url} within the time-out: {exc}") from exc
+            except ssl.SSLError as exc:
+                raise TLSFailed(f"TLS handshake with {self.url} failed: {exc}; check the CA file") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise ConnectionFailed(f"cannot reach {self.url}: {describe_os_error(exc)}") from exc
+        finally:
+            connection.close()
+        return self._read(call, response.status, response.reason, data, response.getheader("Retry-After"))
+
+    def _perform(self, call: ApiCall) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._send_once(call)
+            except PollerClientError as error:
+                delay = self._retry_delay(call, attempt, error)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+
+    def create(self, user: str, config: dict[str, Any], *, retry: bool = False) -> Job:
+        """Create a job for ``user`` with configuration fields ``config``; return it.
+
+        A create is sent once unless ``retry`` is true, because a repeated
+        create whose first answer was lost makes two jobs.
+        """
+        return self._perform(create_call(user, config, retry))
+
+    def get(self, job_id: int) -> Job | None:
+        """Return job ``job_id``, or None if there is none."""
+        return self._perform(get_call(job_id))
+
+    def list_jobs(self, status: str | None = None, user: str | None = None) -> list[Job]:
+        """Return the jobs with ``status`` (all when None) of ``user`` (everyone's when None), by job id."""
+        return self._perform(list_call(status, user))
+
+    def next(
+        self,
+        *,
+        user: str | None = None,
+        wait: float = 0,
+        claim: bool = False,
+        runner: str | None = None,
+        lease: float | None = None,
+    ) -> Job | None:
+        """Return the oldest ``new`` job, waiting up to ``wait`` seconds for one; None if there is none.
+
+        With ``claim`` the job becomes ``in_progress`` for this caller alone
+        and carries ``lease_id`` and ``lease_expires``; ``lease`` (seconds)
+        overrides the server's default lease and ``runner`` is recorded on
+        the job.
+        """
+        return self._perform(next_call(user, wait, claim, runner, lease))
+
+    def heartbeat(self, job_id: int, lease_id: str, lease: float | None = None) -> Job:
+        """Extend the lease of a claimed job to ``lease`` seconds from now; Conflict if it is no longer held."""
+        return self._perform(heartbeat_call(job_id, lease_id, lease))
+
+    def set_status(
+        self, job_id: int, status: str, *, lease_id: str | None = None, reason: str | None = None
+    ) -> Job:
+        """Move a job to ``in_progress``, ``complete`` or ``failed``; return it."""
+        return self._perform(move_call(job_id, status, lease_id, reason))
+
+    def complete(self, job_id: int, lease_id: str | None = None) -> Job:
+        """Mark a job complete; with ``lease_id``, only while that lease is current."""
+        return self.set_status(job_id, "complete", lease_id=lease_id)
+
+    def fail(self, job_id: int, lease_id: str | None = None, reason: str | None = None) -> Job:
+        """Mark a job failed and keep ``reason`` on it; with ``lease_id``, only while that lease is current."""
+        return self.set_status(job_id, "failed", lease_id=lease_id, reason=reason)
+
+    def requeue(self, job_id: int) -> Job:
+        """Put a failed or in-progress job back to ``new``."""
+        return self._perform(requeue_call(job_id))
+
+    def delete(self, job_id: int) -> Job:
+        """Delete a job; return it as it was."""
+        return self._perform(delete_call(job_id))
+
+    def set_all_status(self, status: str, user: str | None = None) -> int:
+        """Set the status of every job (of ``user``, if given); return how many changed."""
+        return self._perform(bulk_call(status, user))
+
+
+def describe_os_error(error: BaseException) -> str:
+    """Return the short cause of a connection error, such as ``connection refused``."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, http.client.RemoteDisconnected):
+        return "the server closed the connection without an answer"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror[0].lower() + error.strerror[1:]
+    return str(error) or type(error).__name__
+
+
+# -- asyncio client -------------------------------------------------------------------------
+
+
+class AsyncPollerClient(ClientBase):
+    """An asyncio client of the poller job API with the methods of :class:`PollerClient`, awaitable.
+
+    Create and use it inside a running event loop; call :meth:`close` when done.
+    ``max_clients`` bounds the requests in flight at once; more wait in a queue,
+    and that wait counts against their time-out.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, max_clients: int = 20, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        from tornado.httpclient import AsyncHTTPClient
+
+        self._http = AsyncHTTPClient(force_instance=True, max_clients=max_clients)
+
+    def close(self) -> None:
+        self._http.close()
+
+    async def __aenter__(self) -> AsyncPollerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def _send_once(self, call: ApiCall) -> Any:
+        from tornado.httpclient import HTTPClientError, HTTPRequest
+        from tornado.iostream import StreamClosedError
+        from tornado.simple_httpclient import HTTPTimeoutError
+
+        target, body, headers = self._prepare(call)
+        request = HTTPRequest(
+            f"{self.scheme}://{self.host}:{self.port}{target}",
+            method=call.method,
+            body=body,
+            headers=headers,
+            connect_timeout=self.connect_timeout,
+            request_timeout=self._request_timeout(call),
+            ca_certs=self.ca_file,
+            follow_redirects=False,
+        )
+        try:
+            response = await self._http.fetch(request, raise_error=False)
+        except HTTPTimeoutError as exc:
+            raise TimedOut(f"no answer from {self.url} within the time-out") from exc
+        except HTTPClientError as exc:
+            # With raise_error=False, Tornado raises only its own errors: status 599.
+            raise ConnectionFailed(f"cannot reach {self.url}: {exc.message or exc}") from exc
+        except ssl.SSLError as exc:
+            raise TLSFailed(f"TLS handshake with {self.url} failed: {exc}; check the CA file") from exc
+        except (OSError, StreamClosedError) as exc:
+            raise ConnectionFailed(f"cannot reach {self.url}: {describe_os_error(exc)}") from exc
+        return self._read(call, response.code, response.reason, response.body or b"", response.headers.get("Retry-After"))
+
+    async def _perform(self, call: ApiCall) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._send_once(call)
+            except PollerClientError as error:
+                delay = self._retry_delay(call, attempt, error)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+
+    async def create(self, user: str, config: dict[str, Any], *, retry: bool = False) -> Job:
+        return await self._perform(create_call(user, config, retry))
+
+    async def get(self, job_id: int) -> Job | None:
+        return await self._perform(get_call(job_id))
+
+    async def list_jobs(self, status: str | None = None, user: str | None = None) -> list[Job]:
+        return await self._perform(list_call(status, user))
+
+    async def next(
+        self,
+        *,
+        user: str | None = None,
+        wait: float = 0,
+        claim: bool = False,
+        runner: str | None = None,
+        lease: float | None = None,
+    ) -> Job | None:
+        return await self._perform(next_call(user, wait, claim, runner, lease))
+
+    async def heartbeat(self, job_id: int, lease_id: str, lease: float | None = None) -> Job:
+        return await self._perform(heartbeat_call(job_id, lease_id, lease))
+
+    async def set_status(
+        self, job_id: int, status: str, *, lease_id: str | None = None, reason: str | None = None
+    ) -> Job:
+        return await self._perform(move_call(job_id, status, lease_id, reason))
+
+    async def complete(self, job_id: int, lease_id: str | None = None) -> Job:
+        return await self.set_status(job_id, "complete", lease_id=lease_id)
+
+    async def fail(self, job_id: int, lease_id: str | None = None, reason: str | None = None) -> Job:
+        return await self.set_status(job_id, "failed", lease_id=lease_id, reason=reason)
+
+    async def requeue(self, job_id: int) -> Job:
+        return await self._perform(requeue_call(job_id))
+
+    async def delete(self, job_id: int) -> Job:
+        return await self._perform(delete_call(job_id))
+
+    async def set_all_status(self, status: str, user: str | None = None) -> int:
+        return await self._perform(bulk_call(status, user))
