@@ -19,6 +19,9 @@ setup(
     entry_points={
         "console_scripts": [
             "poller-server=poller_server.cli:main",
+            "poller-recover=poller_server.recover.cli:main",
+            "poller=poller_server.poller_cli:main",
+            "poller-runner=poller_server.runner:main",
         ],
     },
 )
