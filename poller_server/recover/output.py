@@ -1,0 +1,126 @@
+"""Human-readable reports of each subcommand; ``--json`` prints the ``to_dict()`` forms instead."""
+
+import os
+from collections.abc import Callable
+
+from ..jobs import STATUSES
+from .diagnosis import Diagnosis
+from .job_import import EXISTS, ImportPlan
+from .lost_records import CutRange
+from .repair import RepairPlan, RepairResult
+
+Print = Callable[[str], None]
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def print_diagnosis(diagnosis: Diagnosis, say: Print) -> None:
+    report = diagnosis.report
+    say(f"Data directory: {diagnosis.data_dir}")
+    say("Snapshots:" if diagnosis.snapshots else "Snapshots: none")
+    for snapshot in diagnosis.snapshots:
+        name = os.path.basename(snapshot.path)
+        if snapshot.valid:
+            loaded = ", loaded" if snapshot.path == report.snapshot_loaded else ""
+            say(f"  {name}: valid, seq {snapshot.seq}, {snapshot.jobs} jobs{loaded}")
+        else:
+            say(f"  {name}: INVALID: {snapshot.error}")
+    say("Journal segments:" if diagnosis.segments else "Journal segments: none")
+    for segment in diagnosis.segments:
+        name = os.path.basename(segment.path)
+        records = f"{plural(segment.records, 'record')}, seq {segment.first_seq} to {segment.last_seq}" if segment.records else "no records"
+        say(f"  {name}: {records}, {segment.size} bytes")
+        if segment.damaged_offset is not None:
+            after = (
+                f"; valid records follow at offset {segment.resync_offset}"
+                if segment.resync_offset is not None else "; no valid record follows"
+            )
+            say(
+                f"    damaged at offset {segment.damaged_offset} ({segment.damage_reason}), "
+                f"{segment.size - segment.damaged_offset} bytes to the end of the file{after}"
+            )
+    if report.torn_tail is not None:
+        tail = report.torn_tail
+        say(
+            f"Torn tail: {tail.path} at offset {tail.offset}, {tail.bytes} bytes ({tail.reason}); "
+            "a server start cuts it and moves the bytes to a quarantine file"
+        )
+    if report.corruption is not None:
+        bad = report.corruption
+        say(f"Corrupt record: {bad.path} at offset {bad.offset}, {bad.bytes} bytes to the end ({bad.reason})")
+    for path in diagnosis.temporary_files:
+        say(f"Temporary file (a server start deletes it): {path}")
+    for path in diagnosis.quarantine_files:
+        say(f"Quarantine file from an earlier cut: {path}")
+    if diagnosis.store is not None:
+        counts = ", ".join(f"{status} {report.status_counts.get(status, 0)}" for status in STATUSES)
+        say(f"Jobs: {len(diagnosis.store)} ({counts}); next id {diagnosis.store.next_id}; last seq {report.last_seq}")
+    else:
+        say("Jobs: unknown, because recovery stops at the error")
+    say(f"Verdict: {diagnosis.verdict} (exit status {diagnosis.exit_status})")
+
+
+def print_cut(cut: CutRange, say: Print) -> None:
+    say(f"  {cut.path}: {cut.bytes} bytes from offset {cut.offset}")
+    for change in cut.changes:
+        say(f"    seq {change.seq} at offset {change.offset}: {change.description}")
+    for offset, length in cut.unreadable:
+        say(f"    {length} bytes at offset {offset} hold no readable record: the jobs they touched cannot be known")
+
+
+def print_plan(plan: RepairPlan, say: Print, dry_run: bool) -> None:
+    verb = "would" if dry_run else "will"
+    if plan.blocked is not None:
+        say(f"Repair is not possible: {plan.blocked}")
+        return
+    if plan.nothing_to_do:
+        say("Nothing to repair: the server would start cleanly.")
+        return
+    say(f"Backup folder: {plan.backup_dir}")
+    for path in plan.files_to_back_up:
+        say(f"  {verb} copy {path}")
+    for path in plan.snapshots_to_quarantine:
+        say(f"Invalid snapshot {path} {verb} move to a quarantine file")
+    if plan.cuts:
+        say(f"Journal {verb} be cut; these bytes {verb} move to quarantine files:")
+        for cut in plan.cuts:
+            print_cut(cut, say)
+    print_lost(plan, say)
+
+
+def print_lost(plan: RepairPlan, say: Print) -> None:
+    if not plan.cuts:
+        return
+    ids = ", ".join(str(job_id) for job_id in plan.lost_job_ids) or "none"
+    say(f"Records dropped that are still readable: {plan.lost_records}; job ids they touched: {ids}")
+    if plan.unreadable_bytes:
+        say(
+            f"Unreadable bytes: {plan.unreadable_bytes}; the records in them, and the job ids they "
+            "touched, cannot be known. Compare with what runners and users report."
+        )
+
+
+def print_result(result: RepairResult, say: Print) -> None:
+    say(f"Backed up {plural(len(result.backed_up), 'file')} to {result.plan.backup_dir}")
+    for path in result.quarantined:
+        say(f"Quarantined: {path}")
+    if result.next_id_raised_to is not None:
+        say(f"Next job id raised to {result.next_id_raised_to}, so no dropped job's id is handed out again")
+    if result.after is not None:
+        say(f"After the repair: {result.after.verdict}")
+        if result.after.store is not None:
+            say(f"The server will start with {len(result.after.store)} jobs")
+
+
+def print_import(plan: ImportPlan, say: Print, dry_run: bool) -> None:
+    verb = "would be imported" if dry_run else "imported"
+    say(f"Read {plan.rows} rows ({plan.format} format)")
+    say(f"{len(plan.jobs)} {verb}, {len(plan.skipped)} skipped, {len(plan.rejected)} rejected")
+    for entry in plan.skipped:
+        say(f"  skipped row {entry.row} (job {entry.job_id}): {entry.reason}")
+    for entry in plan.rejected:
+        say(f"  rejected row {entry.row} (job {entry.job_id!r}): {entry.reason}")
+    if any(entry.reason.endswith(EXISTS) for entry in plan.rejected):
+        say("Pass --skip-existing to keep the jobs that already exist and import the rest.")

@@ -1,0 +1,178 @@
+"""Making a data directory startable: back up, quarantine, cut, verify.
+
+The plan is computed from a :class:`~.diagnosis.Diagnosis` and changes
+nothing, so ``repair --dry-run`` prints exactly what ``repair`` would do.
+Carrying it out:
+
+1. copy every file the repair changes into a new backup folder, fsynced;
+2. rename invalid snapshots to ``<name>.quarantine-<time>``;
+3. cut the journal at the first bad record: the bytes from there to the end
+   of that segment, and every later segment whole, move to quarantine files
+   (``recovery.quarantine_tail``, the code a server start uses for a torn
+   tail);
+4. if a dropped record created a job whose id is not below the recovered
+   next id, write a snapshot with a higher next id, so the server never hands
+   out the id of a job a runner may still know;
+5. read the directory again as a server start would, to verify.
+"""
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..journal import fsync_directory
+from ..recovery import quarantine_tail
+from ..snapshot import snapshot_name
+from .compaction import write_store_snapshot
+from .diagnosis import EXIT_CLEAN, Diagnosis, diagnose
+from .lost_records import CutRange, read_cut_range
+
+BACKUP_PREFIX = "repair-backup-"
+
+
+@dataclass
+class RepairPlan:
+    data_dir: str
+    backup_dir: str
+    snapshots_to_quarantine: list[str] = field(default_factory=list)
+    cuts: list[CutRange] = field(default_factory=list)
+    # Why the directory cannot be repaired automatically; None if it can.
+    blocked: str | None = None
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.snapshots_to_quarantine and not self.cuts and self.blocked is None
+
+    @property
+    def files_to_back_up(self) -> list[str]:
+        return [*self.snapshots_to_quarantine, *(cut.path for cut in self.cuts)]
+
+    @property
+    def lost_job_ids(self) -> list[int]:
+        return sorted({job_id for cut in self.cuts for job_id in cut.job_ids})
+
+    @property
+    def lost_records(self) -> int:
+        return sum(len(cut.changes) for cut in self.cuts)
+
+    @property
+    def unreadable_bytes(self) -> int:
+        return sum(length for cut in self.cuts for _, length in cut.unreadable)
+
+    def to_dict(self) -> dict:
+        return {
+            "data_dir": self.data_dir,
+            "backup_dir": self.backup_dir,
+            "files_to_back_up": self.files_to_back_up,
+            "snapshots_to_quarantine": self.snapshots_to_quarantine,
+            "cuts": [asdict(cut) for cut in self.cuts],
+            "lost_records": self.lost_records,
+            "lost_job_ids": self.lost_job_ids,
+            "unreadable_bytes": self.unreadable_bytes,
+            "blocked": self.blocked,
+        }
+
+
+@dataclass
+class RepairResult:
+    plan: RepairPlan
+    backed_up: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    next_id_raised_to: int | None = None
+    after: Diagnosis | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            **self.plan.to_dict(),
+            "backed_up": self.backed_up,
+            "quarantined": self.quarantined,
+            "next_id_raised_to": self.next_id_raised_to,
+            "after": self.after.to_dict() if self.after is not None else None,
+        }
+
+
+def utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def plan_repair(diagnosis: Diagnosis, backup_root: str | None = None) -> RepairPlan:
+    """Work out what ``repair`` would change; read-only."""
+    data_dir = diagnosis.data_dir
+    backup_dir = _unused_path(os.path.join(backup_root or data_dir, BACKUP_PREFIX + utc_stamp()))
+    plan = RepairPlan(data_dir, backup_dir)
+    report = diagnosis.report
+    damage = report.corruption or report.torn_tail
+    if report.error is not None and report.corruption is None:
+        # A missing snapshot, a gap in the seq numbers or a record that does
+        # not apply: no cut point is known, and guessing one could drop jobs.
+        plan.blocked = (
+            f"{report.error}. Repair cannot fix this automatically; restore the data directory "
+            "from a backup, or keep it and export what a fixed copy holds"
+        )
+        return plan
+
+    plan.snapshots_to_quarantine = [snapshot.path for snapshot in diagnosis.invalid_snapshots]
+    if damage is None:
+        return plan
+    plan.cuts.append(read_cut_range(damage.path, damage.offset))
+    paths = [segment.path for segment in diagnosis.segments]
+    # Segments are listed in seq order, so everything after the cut follows it.
+    for path in paths[paths.index(damage.path) + 1:]:
+        plan.cuts.append(read_cut_range(path, 0))
+    return plan
+
+
+def carry_out(plan: RepairPlan) -> RepairResult:
+    """Make the changes of ``plan``; the caller holds the write lock."""
+    assert plan.blocked is None
+    result = RepairResult(plan)
+    stamp = utc_stamp()
+    os.makedirs(plan.backup_dir, mode=0o700)
+    for path in plan.files_to_back_up:
+        result.backed_up.append(_back_up(path, plan.backup_dir))
+    fsync_directory(plan.backup_dir)
+    fsync_directory(os.path.dirname(plan.backup_dir) or ".")
+
+    for path in plan.snapshots_to_quarantine:
+        target = _unused_path(f"{path}.quarantine-{stamp}")
+        os.rename(path, target)
+        result.quarantined.append(target)
+    fsync_directory(plan.data_dir)
+    for cut in plan.cuts:
+        result.quarantined.append(quarantine_tail(cut.path, cut.offset))
+
+    after = diagnose(plan.data_dir)
+    lost_ids = plan.lost_job_ids
+    if after.store is not None and lost_ids and lost_ids[-1] >= after.store.next_id:
+        after.store.next_id = lost_ids[-1] + 1
+        seq = after.report.last_seq
+        existing = os.path.join(plan.data_dir, snapshot_name(seq))
+        if os.path.exists(existing):
+            result.backed_up.append(_back_up(existing, plan.backup_dir))
+            fsync_directory(plan.backup_dir)
+        write_store_snapshot(plan.data_dir, after.store, seq)
+        result.next_id_raised_to = after.store.next_id
+        after = diagnose(plan.data_dir)
+    result.after = after
+    return result
+
+
+def succeeded(result: RepairResult) -> bool:
+    return result.after is not None and result.after.exit_status == EXIT_CLEAN
+
+
+def _back_up(path: str, backup_dir: str) -> str:
+    target = os.path.join(backup_dir, os.path.basename(path))
+    shutil.copy2(path, target)
+    with open(target, "rb") as f:
+        os.fsync(f.fileno())
+    return target
+
+
+def _unused_path(path: str) -> str:
+    candidate, number = path, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = f"{path}-{number}"
+    return candidate
