@@ -12,9 +12,10 @@ setup(
         "tornado>=6.2,<7",
         "msgpack>=1.0",
         "sortedcontainers>=2.4",
+        "prometheus-client>=0.17",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-tornado>=0.8.1"],
+        "test": ["pytest>=7", "pytest-tornado>=0.8.1", "cryptography>=41"],
     },
     entry_points={
         "console_scripts": [

@@ -7,8 +7,10 @@ import os
 import sys
 from dataclasses import MISSING
 
+from .auth import TokenFileError
 from .config import Config, config_fields
 from .datadir import DataDirLocked
+from .logs import setup_logging
 from .recovery import RecoveryError
 
 ENV_PREFIX = "POLLER_"
@@ -74,22 +76,14 @@ def parse_config(argv: list[str] | None = None, environ: dict[str, str] | None =
     return config
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     from .server import serve
 
     try:
         asyncio.run(serve(config))
-    except (DataDirLocked, RecoveryError) as exc:
+    except (DataDirLocked, RecoveryError, TokenFileError) as exc:
         logging.getLogger("poller_server").error("Poller cannot start: %s", exc)
         return 1
     except OSError as exc:

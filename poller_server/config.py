@@ -6,6 +6,7 @@ parser from these fields, and every option can also come from an
 environment variable ``POLLER_<OPTION>`` (for example ``POLLER_DATA_DIR``).
 """
 
+import ipaddress
 from dataclasses import dataclass, field, fields
 
 
@@ -48,6 +49,37 @@ class Config:
     max_jobs: int = option(
         10000000, "jobs the store may hold; creates beyond it get 507, 0 means no limit (default: %(default)s)"
     )
+    token_file: str = option(
+        "",
+        "file of bearer tokens, one 'TOKEN SCOPES NAME' per line, mode 600; reloaded on SIGHUP. "
+        "Without it every request is allowed and the server listens on loopback only (default: none)",
+    )
+    allow_unauthenticated: bool = option(
+        False, "allow listening on a non-loopback address without --token-file (default: off)"
+    )
+    certfile: str = option("", "TLS certificate chain in PEM; turns on HTTPS with --keyfile (default: none)")
+    keyfile: str = option("", "TLS private key in PEM for --certfile (default: none)")
+    ca_file: str = option(
+        "", "CA certificates in PEM; clients must then present a certificate signed by one (default: none)"
+    )
+    max_header_size: int = option(
+        65536, "largest request line plus headers accepted, in bytes; larger ones close the connection "
+        "(default: %(default)s)"
+    )
+    max_connections: int = option(
+        1024, "open client connections allowed at once; more get 503 and are closed (default: %(default)s)"
+    )
+    max_config_keys: int = option(
+        256, "configuration keys one job may have; more get 400 (default: %(default)s)"
+    )
+    max_value_length: int = option(
+        1048576, "longest configuration value of a job, in characters of its JSON text (a string's own length); "
+        "longer ones get 400. The default equals the default --max-body-size (default: %(default)s)"
+    )
+    log_format: str = option(
+        "text", "log line format: 'text' for people, 'json' (one object a line) for log shippers "
+        "(default: %(default)s)", choices=("text", "json"),
+    )
 
     def validate(self) -> None:
         """Raise ValueError naming the first option whose value is out of range."""
@@ -59,6 +91,10 @@ class Config:
             "max_lease": self.max_lease,
             "max_attempts": self.max_attempts,
             "max_waiters": self.max_waiters,
+            "max_header_size": self.max_header_size,
+            "max_connections": self.max_connections,
+            "max_config_keys": self.max_config_keys,
+            "max_value_length": self.max_value_length,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -70,6 +106,29 @@ class Config:
             raise ValueError(f"invalid --max-wait {self.max_wait}: must be 0 to 3600 seconds")
         if self.lease > self.max_lease:
             raise ValueError(f"invalid --lease {self.lease}: must not exceed --max-lease {self.max_lease}")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("invalid TLS options: --certfile and --keyfile must be given together")
+        if self.ca_file and not self.certfile:
+            raise ValueError("invalid --ca-file: client certificates need TLS, so give --certfile and --keyfile too")
+        if not self.token_file and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise ValueError(
+                f"invalid --host {self.host!r} without --token-file: without tokens the server listens "
+                "on loopback only, because anyone who reaches it could take jobs. Give --token-file, "
+                "listen on 127.0.0.1 or ::1, or pass --allow-unauthenticated"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` is a loopback address literal or ``localhost``.
+
+    Other host names are not resolved, so they count as non-loopback.
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def config_fields() -> tuple:

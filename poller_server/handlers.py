@@ -14,6 +14,7 @@ import sys
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from .auth import Forbidden, Token, TokenFile, Unauthorized, check_scope, required_scope
 from .config import Config
 from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge, PollerError, Unavailable
 from .jobs import FAILED, RESERVED_KEYS, STATUSES, encode_json
@@ -35,11 +36,17 @@ DIGITS = re.compile(r"[0-9]+")
 
 
 class BaseHandler(RequestHandler):
-    """Reads the body within the size limit and turns errors into JSON answers."""
+    """Checks the bearer token, reads the body within the size limit, turns errors into JSON answers."""
 
-    def initialize(self, service: JobService, config: Config) -> None:
+    # Handlers that anyone may call, such as /healthz, set this to False.
+    needs_token = True
+
+    def initialize(self, service: JobService, config: Config, tokens: TokenFile | None = None) -> None:
         self.service = service
         self.config = config
+        # None when the server runs without --token-file: every request is allowed.
+        self.tokens = tokens
+        self.token: Token | None = None
         self.request_type: str | None = None
         self.job_id: int | None = None
         self.user: str | None = None
@@ -48,6 +55,8 @@ class BaseHandler(RequestHandler):
         self._too_large = False
 
     def prepare(self) -> None:
+        if self.needs_token and self.tokens is not None:
+            self.token = self.tokens.authenticate(self.request.headers.get("Authorization"))
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.config.max_body_size:
             self._reject_body(int(length))
@@ -96,6 +105,8 @@ class BaseHandler(RequestHandler):
                 self.set_header("Retry-After", str(error.retry_after))
             if isinstance(error, MethodNotAllowed):
                 self.set_header("Allow", error.allow)
+            if isinstance(error, (Unauthorized, Forbidden)):
+                self.set_header("WWW-Authenticate", error.challenge)
         elif isinstance(error, HTTPError) and status_code < 500:
             message = error.log_message or self._reason
         elif status_code >= 500:
@@ -104,6 +115,12 @@ class BaseHandler(RequestHandler):
             message = self._reason
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(encode_json({"error": message}))
+
+    def authorize(self, scope: str) -> None:
+        """Raise Forbidden unless the request's token has ``scope``; without tokens allow all."""
+        if self.tokens is not None:
+            assert self.token is not None, "prepare() authenticates before any handler method"
+            check_scope(self.token, scope)
 
     def write_json(self, body: bytes) -> None:
         self.set_header("Content-Type", JSON_TYPE)
@@ -181,8 +198,12 @@ def check_known(params: Params, request_type: str, allowed: frozenset[str]) -> N
             raise BadRequest(f"unknown parameter {name!r} for request {request_type!r}")
 
 
-def parse_config(params: Params) -> bytes:
-    """Build the configuration of a new job as JSON text; see docs/api.md."""
+def parse_config(params: Params, max_keys: int | None = None, max_value_length: int | None = None) -> bytes:
+    """Build the configuration of a new job as JSON text; see docs/api.md.
+
+    ``max_keys`` and ``max_value_length`` are --max-config-keys and
+    --max-value-length; None skips the check.
+    """
     config: dict[str, object] = {}
     raw = params.get("config_options")
     if raw is not None:
@@ -202,7 +223,29 @@ def parse_config(params: Params) -> bytes:
             raise BadRequest(f"configuration key {name!r} is reserved for the job's own fields")
         if not name:
             raise BadRequest("configuration keys must not be empty")
+    check_config_size(config, max_keys, max_value_length)
     return encode_json(config).encode()
+
+
+def check_config_size(config: dict[str, object], max_keys: int | None, max_value_length: int | None) -> None:
+    """Raise BadRequest naming the first key beyond ``max_keys`` or with a value over ``max_value_length``.
+
+    A string value counts its characters; any other value counts the
+    characters of its JSON text.
+    """
+    for number, (name, value) in enumerate(config.items(), start=1):
+        if max_keys is not None and number > max_keys:
+            raise BadRequest(
+                f"too many configuration keys: key {name!r} is number {number}, "
+                f"the maximum is {max_keys} (--max-config-keys)"
+            )
+        if max_value_length is not None:
+            length = len(value) if isinstance(value, str) else len(encode_json(value))
+            if length > max_value_length:
+                raise BadRequest(
+                    f"configuration value of key {name!r} is {length} characters long, "
+                    f"the maximum is {max_value_length} (--max-value-length)"
+                )
 
 
 # -- the endpoint ----------------------------------------------------------------
@@ -242,7 +285,7 @@ class PollerHandler(BaseHandler):
         if request_type == "new":
             self.user = parse_user(params, required=True)
             assert self.user is not None
-            config = parse_config(params)
+            config = parse_config(params, self.config.max_config_keys, self.config.max_value_length)
             job = await service.create(self.user, config)
             self.job_id = job.job_id
             self.write_json(job.render())
@@ -289,6 +332,8 @@ class PollerHandler(BaseHandler):
         if value not in supported:
             other = "POST" if self.request.method == "GET" else "GET"
             raise MethodNotAllowed(f"request {value!r} does not support {self.request.method}; use {other}", other)
+        claim = value == "next" and self.request.method == "GET" and parse_flag(params, "claim")
+        self.authorize(required_scope(self.request.method, value, claim))
         return value
 
     async def _write_listing(self, ids: list[int]) -> None:
@@ -358,7 +403,12 @@ class PollerHandler(BaseHandler):
 
 
 def log_request(handler: RequestHandler) -> None:
-    """Write one access-log line: method, request type, job, user, status, milliseconds."""
+    """Write one access-log line and record the request's latency in the app's metrics.
+
+    The line holds status, method, path, request type, job, user, token name
+    and milliseconds; the same fields go to ``extra`` for the JSON log format.
+    The token itself is never logged, only the name the token file gives it.
+    """
     status = handler.get_status()
     if status < 400:
         log = logging.getLogger("tornado.access").info
@@ -369,13 +419,31 @@ def log_request(handler: RequestHandler) -> None:
     request_type = getattr(handler, "request_type", None)
     job_id = getattr(handler, "job_id", None)
     user = getattr(handler, "user", None)
+    token = getattr(handler, "token", None)
+    token_name = token.name if token is not None else None
+    seconds = handler.request.request_time()
+    fields = {
+        "status": status,
+        "method": handler.request.method,
+        "path": handler.request.path,
+        "request_type": request_type,
+        "job_id": job_id,
+        "user": user,
+        "token_name": token_name,
+        "ms": round(1000.0 * seconds, 1),
+    }
     log(
-        "%d %s %s request=%s job_id=%s user=%s %.1fms",
+        "%d %s %s request=%s job_id=%s user=%s token_name=%s %.1fms",
         status,
         handler.request.method,
         handler.request.path,
         request_type or "-",
         job_id if job_id is not None else "-",
         encode_json(user) if user is not None else "-",
-        1000.0 * handler.request.request_time(),
+        token_name or "-",
+        1000.0 * seconds,
+        extra=fields,
     )
+    metrics = handler.application.settings.get("metrics")
+    if metrics is not None:
+        metrics.observe_request(handler.request.method or "-", request_type, status, seconds)

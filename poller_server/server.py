@@ -6,16 +6,18 @@ import signal
 import socket
 from dataclasses import dataclass
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from .app import make_app
-from .config import Config
+from .auth import TokenFile
+from .config import Config, is_loopback
+from .connections import LimitedHTTPServer
 from .datadir import lock_data_dir, unlock_data_dir
 from .journal import Journal
 from .recovery import recover
 from .service import JobService
 from .snapshotter import Snapshotter, remove_temporary_files
+from .tls import make_ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -90,21 +92,59 @@ def format_address(sock: socket.socket) -> str:
     return f"{host}:{port}"
 
 
+def describe_access(config: Config, tokens: TokenFile | None) -> str:
+    """Say in the start-up log line who may call the server, and over what."""
+    if tokens is not None:
+        access = f"{len(tokens.tokens)} tokens from {tokens.path}"
+    elif is_loopback(config.host):
+        access = "no token file: every request is allowed, loopback only"
+    else:
+        access = "no token file and --allow-unauthenticated: every request is allowed from any address"
+    if config.ca_file:
+        access += ", TLS with client certificates"
+    elif config.certfile:
+        access += ", TLS"
+    return access
+
+
+def reload_tokens(tokens: TokenFile | None) -> None:
+    if tokens is None:
+        logger.warning("SIGHUP ignored: the server runs without --token-file")
+        return
+    tokens.reload()
+
+
 async def serve(config: Config) -> None:
-    """Run the server until SIGINT or SIGTERM, then stop cleanly."""
+    """Run the server until SIGINT or SIGTERM, then stop cleanly.
+
+    Raises TokenFileError or OSError (ssl.SSLError included) before opening
+    the data directory if the token file or the TLS files cannot be used.
+    """
+    tokens = TokenFile(config.token_file) if config.token_file else None
+    ssl_context = make_ssl_context(config)
     runtime = open_data_dir(config)
     runtime.start()
-    app = make_app(runtime.service, config)
-    http_server = HTTPServer(app, max_body_size=config.max_body_size, xheaders=False)
+    app = make_app(runtime.service, config, tokens, runtime)
+    http_server = LimitedHTTPServer(
+        app,
+        max_body_size=config.max_body_size,
+        max_header_size=config.max_header_size,
+        xheaders=False,
+        ssl_options=ssl_context,
+        max_connections=config.max_connections,
+    )
+    app.settings["metrics"].http_server = http_server
     try:
         sockets = bind_sockets(config.port, config.host)
     except OSError:
         await runtime.close(final_snapshot=False)
         raise
     http_server.add_sockets(sockets)
-    addresses = ", ".join(f"http://{format_address(s)}" for s in sockets)
+    scheme = "https" if ssl_context is not None else "http"
+    addresses = ", ".join(f"{scheme}://{format_address(s)}" for s in sockets)
     logger.info(
-        "Poller listening on %s (data dir %s, fsync %s)", addresses, config.data_dir, config.fsync
+        "Poller listening on %s (data dir %s, fsync %s, %s)",
+        addresses, config.data_dir, config.fsync, describe_access(config, tokens),
     )
 
     stop = asyncio.Event()
@@ -113,6 +153,8 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     # SIGUSR1 asks for a snapshot now, for operators and benchmarks.
     loop.add_signal_handler(signal.SIGUSR1, runtime.snapshotter.request)
+    # SIGHUP reloads the token file, as systemctl reload sends it.
+    loop.add_signal_handler(signal.SIGHUP, reload_tokens, tokens)
     await stop.wait()
 
     logger.info("Poller stopping: answering %d waiting requests", runtime.service.waiters.count)

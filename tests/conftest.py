@@ -48,7 +48,7 @@ async def _start(runtime) -> None:
 
 @pytest.fixture
 def app(runtime, config):
-    return make_app(runtime.service, config)
+    return make_app(runtime.service, config, runtime=runtime)
 
 
 @pytest.fixture
@@ -151,11 +151,16 @@ class ServerProcess:
         assert self.url is not None
         return self.url + "/poller/update/"
 
-    def call(self, method: str = "GET", json_body=None, timeout: float = 20, **params) -> Response:
-        """Send one request with urllib and return the answer, errors included."""
+    def call(self, method: str = "GET", json_body=None, timeout: float = 20, headers: dict | None = None,
+             ssl_context=None, url_path: str | None = None, **params) -> Response:
+        """Send one request with urllib and return the answer, errors included.
+
+        ``url_path`` (for example "/healthz") replaces the job API endpoint;
+        ``ssl_context`` is used for https URLs.
+        """
         data = None
-        headers = {}
-        url = self.endpoint
+        headers = dict(headers or {})
+        url = self.endpoint if url_path is None else self.url + url_path
         if method == "GET":
             url += "?" + urllib.parse.urlencode(params)
         elif json_body is not None:
@@ -166,7 +171,7 @@ class ServerProcess:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout, context=ssl_context) as response:
                 return Response(response.status, response.read(), response.headers)
         except urllib.error.HTTPError as error:
             return Response(error.code, error.read(), error.headers)
