@@ -285,14 +285,19 @@ class RetryPolicy:
 
 
 def read_token(token: str | None, token_file: str | None) -> str | None:
-    """Return the bearer token given directly or as the first line of ``token_file``."""
+    """Return the bearer token given directly or as the first line of ``token_file``.
+
+    Blank lines and lines starting with ``#`` in the file are skipped.
+    """
     if token is not None and token_file is not None:
         raise ValueError("give either token or token_file, not both")
     if token_file is not None:
         with open(token_file, encoding="utf-8") as f:
-            token = f.readline().strip()
-        if not token:
-            raise ValueError(f"token file {token_file} is empty")
+            lines = [line.strip() for line in f]
+        tokens = [line for line in lines if line and not line.startswith("#")]
+        if not tokens:
+            raise ValueError(f"token file {token_file} holds no token")
+        token = tokens[0]
     return token
 
 
