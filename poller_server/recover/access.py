@@ -51,8 +51,7 @@ def _lock_read_only(data_dir: str) -> int | None:
         os.close(fd)
         who = f" (process {holder})" if holder else ""
         raise DataDirLocked(
-            f"data directory {data_dir} is in use by a running poller process{who}; "
-            "stop the server first"
+            f"data directory {data_dir} is in use by another poller process{who}"
         ) from None
     return fd
 

@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except DataDirLocked as exc:
         warn(f"poller-recover: {exc}")
+        warn("poller-recover: works only while no server runs on the directory; "
+             "stop the server (SIGTERM) and run the command again")
         return EXIT_LOCKED
     except DataDirMissing as exc:
         warn(f"poller-recover: {exc}")
@@ -174,22 +176,28 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_repair(args: argparse.Namespace) -> int:
-    with locked(args.data_dir, write=not args.dry_run):
+    # Plan under the read-only lock first, so a dry run, a refusal or a clean
+    # directory leaves every byte as it was, the lock file included.
+    with locked(args.data_dir, write=False):
         plan = plan_repair(diagnose(args.data_dir), args.backup_dir)
-        if args.dry_run or plan.blocked is not None or plan.nothing_to_do:
-            if args.json:
-                say(json.dumps({**plan.to_dict(), "dry_run": args.dry_run}, ensure_ascii=False, indent=2))
-            else:
-                output.print_plan(plan, say, dry_run=True)
-            return EXIT_WOULD_NOT_START if plan.blocked is not None else EXIT_OK
-        if not args.json:
-            output.print_plan(plan, say, dry_run=False)
-        result = carry_out(plan)
+    if not (args.dry_run or plan.blocked is not None or plan.nothing_to_do):
+        with locked(args.data_dir, write=True):
+            # Plan again: a server may have run between the two locks.
+            plan = plan_repair(diagnose(args.data_dir), args.backup_dir)
+            if not (plan.blocked is not None or plan.nothing_to_do):
+                if not args.json:
+                    output.print_plan(plan, say, dry_run=False)
+                result = carry_out(plan)
+                if args.json:
+                    say(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+                else:
+                    output.print_result(result, say)
+                return EXIT_OK if succeeded(result) else EXIT_WOULD_NOT_START
     if args.json:
-        say(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        say(json.dumps({**plan.to_dict(), "dry_run": args.dry_run}, ensure_ascii=False, indent=2))
     else:
-        output.print_result(result, say)
-    return EXIT_OK if succeeded(result) else EXIT_WOULD_NOT_START
+        output.print_plan(plan, say, dry_run=True)
+    return EXIT_WOULD_NOT_START if plan.blocked is not None else EXIT_OK
 
 
 def run_requeue(args: argparse.Namespace) -> int:

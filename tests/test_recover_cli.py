@@ -1,0 +1,434 @@
+"""poller-recover against data directories written by real poller-server processes."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import SHARED_DATA, load_runs
+
+from poller_server.journal import list_segments, read_segment
+from poller_server.recovery import recover
+from poller_server.snapshot import list_snapshots
+
+REPO = Path(__file__).resolve().parents[1]
+LEGACY_DUMP = SHARED_DATA / "legacy-userruns-dump.json"
+JOURNAL_ONLY = ("--snapshot-interval", "0")
+
+
+def run_recover(*args: str, script: bool = False) -> subprocess.CompletedProcess:
+    """Run poller-recover as a user would, in a child process; return its exit status and output."""
+    if script:
+        command = [sys.executable, str(REPO / "scripts" / "poller-recover"), *args]
+    else:
+        command = [sys.executable, "-m", "poller_server.recover", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def checksums(data_dir: Path) -> dict[str, str]:
+    """Return the SHA-256 of every file under ``data_dir``, by relative path."""
+    found = {}
+    for path in sorted(data_dir.rglob("*")):
+        if path.is_file():
+            found[str(path.relative_to(data_dir))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def create_jobs(server, runs: list[dict]) -> list[dict]:
+    jobs = []
+    for run in runs:
+        response = server.call("POST", json_body={"request": "new", **run})
+        assert response.code == 200, response
+        jobs.append(response.json)
+    return jobs
+
+
+def listing(server) -> list[dict]:
+    response = server.call("GET", request="all")
+    assert response.code == 200, response
+    return response.json if response.json != {} else []
+
+
+def only_segment(data_dir: Path) -> Path:
+    segments = [path for _, path in list_segments(str(data_dir))]
+    with_records = [path for path in segments if os.path.getsize(path) > 16]
+    assert len(with_records) == 1, segments
+    return Path(with_records[0])
+
+
+def record_offsets(segment: Path) -> list[tuple[int, int]]:
+    """Return ``(offset, end)`` of every record of a clean journal segment."""
+    scan, records = read_segment(str(segment), int(segment.name[8:28]), None)
+    assert scan.bad_offset is None, scan
+    return [(record.offset, record.end) for record in records]
+
+
+def journal_with_jobs(server_factory, data_dir: Path, count: int) -> Path:
+    """Create ``count`` jobs on a server that writes no snapshot, kill it with -9; return the segment."""
+    server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
+    create_jobs(server, load_runs()[:count])
+    server.kill9()
+    return only_segment(data_dir)
+
+
+def corrupt_record(segment: Path, index: int) -> int:
+    """Flip one payload byte of record ``index`` (from 0); return the record's offset."""
+    offset, _ = record_offsets(segment)[index]
+    data = bytearray(segment.read_bytes())
+    data[offset + 20] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    return offset
+
+
+class TestCheck:
+    def test_clean_directory_exits_0(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        server = server_factory(data_dir=data_dir)
+        create_jobs(server, load_runs()[:8])
+        assert server.terminate() == 0
+
+        result = run_recover("check", "--data-dir", str(data_dir))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "would start cleanly" in result.stdout
+
+        report = json.loads(run_recover("check", "--json", "--data-dir", str(data_dir)).stdout)
+        assert report["exit_status"] == 0
+        assert report["jobs"] == 8
+        assert report["next_id"] == 9
+        assert report["status_counts"]["new"] == 8
+        assert report["snapshots"] and all(snapshot["valid"] for snapshot in report["snapshots"])
+        assert report["torn_tail"] is None and report["corruption"] is None
+
+    def test_missing_directory_is_usage_error(self, tmp_path):
+        result = run_recover("check", "--data-dir", str(tmp_path / "nowhere"))
+        assert result.returncode == 64
+        assert "does not exist" in result.stderr
+        assert not (tmp_path / "nowhere").exists()
+
+
+class TestRepair:
+    def test_torn_tail_cut_and_server_starts(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        segment = journal_with_jobs(server_factory, data_dir, 6)
+        original = segment.read_bytes()
+        last_offset, last_end = record_offsets(segment)[-1]
+        cut_at = last_offset + (last_end - last_offset) // 2
+        segment.write_bytes(original[:cut_at])
+
+        check = run_recover("check", "--data-dir", str(data_dir))
+        assert check.returncode == 1, check.stdout + check.stderr
+        assert "Torn tail" in check.stdout
+
+        repair = run_recover("repair", "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        backups = list(data_dir.glob("repair-backup-*"))
+        assert len(backups) == 1
+        assert (backups[0] / segment.name).read_bytes() == original[:cut_at]
+        quarantined = list(data_dir.glob(segment.name + ".quarantine-*"))
+        assert [q.read_bytes() for q in quarantined] == [original[last_offset:cut_at]]
+        assert run_recover("check", "--data-dir", str(data_dir)).returncode == 0
+
+        server = server_factory(data_dir=data_dir)
+        jobs = listing(server)
+        assert [job["job_id"] for job in jobs] == [1, 2, 3, 4, 5]
+        assert [job["casename"] for job in jobs] == [run["casename"] for run in load_runs()[:5]]
+
+    def test_mid_file_corruption_quarantined_with_ids(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        segment = journal_with_jobs(server_factory, data_dir, 10)
+        bad_offset = corrupt_record(segment, 3)
+        damaged = segment.read_bytes()
+
+        check = run_recover("check", "--data-dir", str(data_dir))
+        assert check.returncode == 2, check.stdout + check.stderr
+        assert f"offset {bad_offset}" in check.stdout
+
+        repair = run_recover("repair", "--json", "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        result = json.loads(repair.stdout)
+        # Record 4 created job 4 but fails its CRC; records 5 to 10 still decode.
+        assert result["lost_job_ids"] == [5, 6, 7, 8, 9, 10]
+        assert result["lost_records"] == 6
+        assert result["unreadable_bytes"] > 0
+        assert result["next_id_raised_to"] == 11
+        assert result["after"]["exit_status"] == 0
+
+        backup = Path(result["backup_dir"])
+        assert (backup / segment.name).read_bytes() == damaged
+        quarantined = [Path(path) for path in result["quarantined"]]
+        assert [q.read_bytes() for q in quarantined] == [damaged[bad_offset:]]
+        assert segment.read_bytes() == damaged[:bad_offset]
+
+        server = server_factory(data_dir=data_dir)
+        assert [job["job_id"] for job in listing(server)] == [1, 2, 3]
+        created = server.call("POST", request="new", user="jdoe", casename="resubmitted")
+        assert created.json["job_id"] == 11
+
+    def test_text_report_names_lost_ids(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        segment = journal_with_jobs(server_factory, data_dir, 4)
+        corrupt_record(segment, 1)
+
+        repair = run_recover("repair", "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        assert "job ids they touched: 3, 4" in repair.stdout
+        assert "cannot be known" in repair.stdout
+
+    def test_corrupt_snapshot_quarantined(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        runs = load_runs()
+        server = server_factory(data_dir=data_dir)
+        create_jobs(server, runs[:4])
+        assert server.terminate() == 0
+        server = server_factory(data_dir=data_dir)
+        create_jobs(server, runs[4:7])
+        assert server.terminate() == 0
+        snapshots = [Path(path) for _, path in list_snapshots(str(data_dir))]
+        assert len(snapshots) == 2
+        both_bad = tmp_path / "both-bad"
+        shutil.copytree(data_dir, both_bad)
+        newest = snapshots[0]
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+        check = json.loads(run_recover("check", "--json", "--data-dir", str(data_dir)).stdout)
+        assert check["exit_status"] == 1
+        assert [snapshot["valid"] for snapshot in check["snapshots"]] == [False, True]
+
+        repair = run_recover("repair", "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        assert not newest.exists()
+        assert list(data_dir.glob(newest.name + ".quarantine-*"))
+        assert run_recover("check", "--data-dir", str(data_dir)).returncode == 0
+        server = server_factory(data_dir=data_dir)
+        assert [job["job_id"] for job in listing(server)] == list(range(1, 8))
+
+        # With no valid snapshot left, the journal alone would miss jobs 1 to 4:
+        # repair must refuse and change nothing.
+        for snapshot in both_bad.glob("snapshot-*.msgpack"):
+            snapshot.write_bytes(bytes(snapshot.stat().st_size))
+        before = checksums(both_bad)
+        assert run_recover("check", "--data-dir", str(both_bad)).returncode == 2
+        refused = run_recover("repair", "--data-dir", str(both_bad))
+        assert refused.returncode == 2
+        assert "cannot fix this automatically" in refused.stdout
+        assert checksums(both_bad) == before
+
+    def test_dry_run_changes_no_byte(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        segment = journal_with_jobs(server_factory, data_dir, 6)
+        corrupt_record(segment, 2)
+        before = checksums(data_dir)
+
+        dry_run = run_recover("repair", "--dry-run", "--data-dir", str(data_dir))
+        assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
+        assert "would copy" in dry_run.stdout
+        assert "create job 4" in dry_run.stdout
+        for args in (
+            ("check",),
+            ("check", "--json"),
+            ("repair", "--dry-run", "--json"),
+            ("export",),
+            ("requeue", "--dry-run"),
+            ("import", "--dry-run", str(LEGACY_DUMP)),
+        ):
+            run_recover(*args, "--data-dir", str(data_dir))
+        assert checksums(data_dir) == before
+        assert sorted(os.listdir(data_dir)) == sorted(before)
+
+
+class TestRequeue:
+    def test_requeue_after_kill9(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        runs = load_runs()
+        server = server_factory(data_dir=data_dir)
+        create_jobs(server, [{**run, "user": "alice"} for run in runs[:3]])
+        create_jobs(server, [{**run, "user": "bob"} for run in runs[3:6]])
+        for user in ("alice", "alice", "bob"):
+            claimed = server.call("GET", request="next", claim="1", user=user, runner="runner-7")
+            assert claimed.json["status"] == "in_progress"
+        server.kill9()
+
+        before = checksums(data_dir)
+        dry_run = run_recover("requeue", "--dry-run", "--user", "alice", "--data-dir", str(data_dir))
+        assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
+        assert "Would move 2 jobs from in_progress to new: 1, 2" in dry_run.stdout
+        assert checksums(data_dir) == before
+
+        not_claimed = run_recover("requeue", "--job-id", "5", "--data-dir", str(data_dir))
+        assert not_claimed.returncode == 1
+        assert "job 5 is new" in not_claimed.stderr
+        failed = run_recover("requeue", "--job-id", "4", "--to", "failed", "--data-dir", str(data_dir))
+        assert failed.returncode == 0, failed.stdout + failed.stderr
+        requeued = run_recover("requeue", "--user", "alice", "--data-dir", str(data_dir))
+        assert requeued.returncode == 0, requeued.stdout + requeued.stderr
+        assert "Moved 2 jobs from in_progress to new: 1, 2" in requeued.stdout
+
+        server = server_factory(data_dir=data_dir)
+        jobs = {job["job_id"]: job for job in listing(server)}
+        assert [jobs[i]["status"] for i in (1, 2, 3)] == ["new", "new", "new"]
+        assert jobs[1]["attempts"] == 1
+        assert jobs[4]["status"] == "failed"
+        assert "runner gone" in jobs[4]["reason"]
+        assert server.call("GET", request="next").json["job_id"] == 1
+
+
+class TestLock:
+    def test_refuses_while_server_runs(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        server = server_factory(data_dir=data_dir)
+        create_jobs(server, load_runs()[:2])
+        before = {name: data for name, data in checksums(data_dir).items() if name != "lock"}
+
+        for args in (
+            ("check",),
+            ("repair",),
+            ("repair", "--dry-run"),
+            ("requeue",),
+            ("compact",),
+            ("export",),
+            ("import", str(LEGACY_DUMP)),
+        ):
+            result = run_recover(*args, "--data-dir", str(data_dir))
+            assert result.returncode == 3, (args, result.stdout, result.stderr)
+            assert "in use by another poller process" in result.stderr
+            assert "stop the server" in result.stderr
+        after = {name: data for name, data in checksums(data_dir).items() if name != "lock"}
+        assert after == before
+        assert len(listing(server)) == 2
+
+
+class TestExportImport:
+    def test_export_import_gives_same_jobs(self, server_factory, tmp_path):
+        source_dir = tmp_path / "source"
+        server = server_factory(data_dir=source_dir)
+        create_jobs(server, load_runs()[:30])
+        server.call("POST", request="complete", job_id="3")
+        server.call("POST", request="failed", job_id="5", reason="walltime exceeded")
+        server.call("POST", request="delete", job_id="7")
+        server.call("GET", request="next", claim="1", runner="runner-1")
+        expected = listing(server)
+        assert server.terminate() == 0
+
+        export_file = tmp_path / "export.json"
+        exported = run_recover("export", "--output", str(export_file), "--data-dir", str(source_dir))
+        assert exported.returncode == 0, exported.stderr
+        assert json.loads(export_file.read_text(encoding="utf-8")) == expected
+
+        target_dir = tmp_path / "target"
+        imported = run_recover("import", str(export_file), "--data-dir", str(target_dir))
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        assert "29 imported, 0 skipped, 0 rejected" in imported.stdout
+
+        again = run_recover("import", str(export_file), "--json", "--data-dir", str(target_dir))
+        assert again.returncode == 1
+        assert len(json.loads(again.stdout)["rejected"]) == 29
+        skipped = run_recover("import", str(export_file), "--skip-existing", "--json", "--data-dir", str(target_dir))
+        assert skipped.returncode == 0
+        assert len(json.loads(skipped.stdout)["skipped"]) == 29
+
+        server = server_factory(data_dir=target_dir)
+        assert listing(server) == expected
+        assert server.call("POST", request="new", user="jdoe").json["job_id"] == 31
+
+    def test_export_filters(self, tmp_path):
+        data_dir = tmp_path / "data"
+        assert run_recover("import", str(LEGACY_DUMP), "--data-dir", str(data_dir)).returncode == 0
+
+        result = run_recover("export", "--status", "failed", "--user", "jdoe", "--data-dir", str(data_dir))
+        assert result.returncode == 0, result.stderr
+        jobs = json.loads(result.stdout)
+        assert [job["job_id"] for job in jobs] == [6, 48]
+        empty = run_recover("export", "--user", "nobody", "--data-dir", str(data_dir))
+        assert json.loads(empty.stdout) == []
+
+    def test_legacy_dump_served_over_http(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        rows = json.loads(LEGACY_DUMP.read_text(encoding="utf-8"))
+        imported = run_recover("import", str(LEGACY_DUMP), "--json", "--data-dir", str(data_dir))
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        report = json.loads(imported.stdout)
+        assert report["format"] == "legacy dump"
+        assert report["imported"] == sorted(row["pk"] for row in rows)
+        assert report["rejected"] == [] and report["skipped"] == []
+
+        server = server_factory(data_dir=data_dir)
+        jobs = {job["job_id"]: job for job in listing(server)}
+        assert sorted(jobs) == sorted(row["pk"] for row in rows)
+        for row in rows:
+            job = jobs[row["pk"]]
+            fields = row["fields"]
+            assert job["user"] == fields["user"]
+            assert job["status"] == fields["status"]
+            assert job["created"] == fields["created"]
+            config = {key: value for key, value in job.items()
+                      if key not in ("job_id", "id", "user", "status", "created", "updated")}
+            assert config == json.loads(fields["config_options"])
+        first_new = min(row["pk"] for row in rows if row["fields"]["status"] == "new")
+        assert server.call("GET", request="next").json["job_id"] == first_new
+        assert server.call("POST", request="new", user="jdoe").json["job_id"] == 181
+
+    def test_legacy_rows_rejected_with_reasons(self, tmp_path):
+        rows = json.loads(LEGACY_DUMP.read_text(encoding="utf-8"))[:3]
+
+        def variant(pk: int, **fields) -> dict:
+            row = json.loads(json.dumps(rows[0]))
+            row["pk"] = pk
+            row["fields"].update(fields)
+            return row
+
+        bad_rows = [
+            variant(1001, status="running"),
+            variant(1002, config_options='{"status": "new"}'),
+            variant(1003, config_options='{"casename": '),
+            variant(1004, user=""),
+            variant(1005, created="last tuesday"),
+            variant(1006, config_options="[1, 2]"),
+            {**variant(1007), "model": "poller.other"},
+            dict(rows[1]),
+        ]
+        dump = tmp_path / "dump.json"
+        dump.write_text(json.dumps(rows + bad_rows), encoding="utf-8")
+        data_dir = tmp_path / "data"
+
+        result = run_recover("import", str(dump), "--json", "--data-dir", str(data_dir))
+        assert result.returncode == 1
+        report = json.loads(result.stdout)
+        assert report["imported"] == sorted(row["pk"] for row in rows)
+        reasons = {entry["job_id"]: entry["reason"] for entry in report["rejected"]}
+        assert "invalid status 'running'" in reasons[1001]
+        assert "'status' is reserved" in reasons[1002]
+        assert "invalid config_options" in reasons[1003]
+        assert "invalid user ''" in reasons[1004]
+        assert "invalid created 'last tuesday'" in reasons[1005]
+        assert "expected a JSON object" in reasons[1006]
+        assert "is not poller.userruns" in reasons[1007]
+        assert "appears more than once" in reasons[rows[1]["pk"]]
+
+        store, _ = recover(str(data_dir), repair=False)
+        assert sorted(store.jobs) == sorted(row["pk"] for row in rows)
+
+    def test_compact_after_import(self, tmp_path):
+        data_dir = tmp_path / "data"
+        assert run_recover("import", str(LEGACY_DUMP), "--data-dir", str(data_dir)).returncode == 0
+        assert [path for _, path in list_segments(str(data_dir))] == [str(data_dir / "journal-00000000000000000001.log")]
+
+        result = run_recover("compact", "--data-dir", str(data_dir))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert [seq for seq, _ in list_snapshots(str(data_dir))] == [60]
+        segments = [(seq, os.path.getsize(path)) for seq, path in list_segments(str(data_dir))]
+        assert segments == [(61, 16)]
+        store, report = recover(str(data_dir), repair=False)
+        assert len(store) == 60
+        assert store.next_id == 181
+        assert report.records_replayed == 0
+
+
+def test_script_wrapper_runs_check(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    result = run_recover("check", "--data-dir", str(data_dir), script=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Snapshots: none" in result.stdout
