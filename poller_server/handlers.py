@@ -353,7 +353,11 @@ class PollerHandler(BaseHandler):
                     separator = b","
             self.write(b"".join(parts))
             if start + LISTING_CHUNK < len(ids):
-                await self.flush()
+                try:
+                    await self.flush()
+                except StreamClosedError:
+                    logger.info("Client went away during a listing of %d jobs", len(ids))
+                    return
         self.write(b"]" if separator == b"," else b"[]")
 
     # -- next ----------------------------------------------------------------------

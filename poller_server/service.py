@@ -56,9 +56,11 @@ class JobService:
             "lease_expired": 0,
             "unclaimed": 0,
         }
-        # Lease deadlines: (loop time, job id, lease id). Entries whose lease
-        # was extended or ended stay until they come due and are skipped then.
+        # Lease deadlines: (loop time, job id, lease id). A heartbeat pushes a
+        # new entry instead of moving the old one; _lease_deadlines holds each
+        # job's latest deadline, so an older entry is skipped when it comes due.
         self._lease_heap: list[tuple[float, int, str]] = []
+        self._lease_deadlines: dict[int, float] = {}
         self._lease_timer: asyncio.TimerHandle | None = None
         self.on_commit: list = []
         self.closing = False
@@ -235,8 +237,9 @@ class JobService:
         assert job.lease_id is not None and job.lease_expires is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (job.lease_expires - now_ms()) / 1000
+        self._lease_deadlines[job.job_id] = deadline
         heapq.heappush(self._lease_heap, (deadline, job.job_id, job.lease_id))
-        if self._lease_heap[0][1:] == (job.job_id, job.lease_id):
+        if self._lease_heap[0] == (deadline, job.job_id, job.lease_id):
             self._reset_lease_timer()
 
     def _reset_lease_timer(self) -> None:
@@ -253,25 +256,35 @@ class JobService:
         now = loop.time()
         retry: list[tuple[float, int, str]] = []
         while self._lease_heap and self._lease_heap[0][0] <= now:
-            entry = heapq.heappop(self._lease_heap)
-            _, job_id, lease_id = entry
+            deadline, job_id, lease_id = heapq.heappop(self._lease_heap)
+            if self._lease_deadlines.get(job_id) != deadline:
+                continue  # superseded by a heartbeat or a later claim
             job = self.store.get(job_id)
             if job is None or job.status != IN_PROGRESS or job.lease_id != lease_id:
+                del self._lease_deadlines[job_id]
                 continue
-            if job.lease_expires is not None and job.lease_expires > now_ms():
-                continue  # extended by a heartbeat; its newer entry is in the heap
+            assert job.lease_expires is not None
+            remaining = (job.lease_expires - now_ms()) / 1000
+            if remaining > 0:
+                # The wall clock is behind the loop's clock: wait for the stored expiry time.
+                retry.append((now + remaining, job_id, lease_id))
+                continue
             try:
                 change = self.store.plan_expire(job, self.config.max_attempts, now_ms())
                 self._commit_nowait(change)
             except Unavailable:
                 retry.append((now + 1.0, job_id, lease_id))
                 continue
+            # The requeue may have handed the job to a waiting claimer, which armed a new lease.
+            if self._lease_deadlines.get(job_id) == deadline:
+                del self._lease_deadlines[job_id]
             self.counters["lease_expired"] += 1
             logger.info(
                 "Lease of job %d expired after attempt %d; job is now %s",
                 job_id, job.attempts, self.store.jobs[job_id].status,
             )
         for entry in retry:
+            self._lease_deadlines[entry[1]] = entry[0]
             heapq.heappush(self._lease_heap, entry)
         self._reset_lease_timer()
 

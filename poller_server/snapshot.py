@@ -80,7 +80,7 @@ def write_snapshot_file(path: str, seq: int, next_id: int, written: int, count: 
     packer = msgpack.Packer(use_bin_type=True)
     crc = 0
     length = 0
-    with open(path, "wb") as f:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(HEADER.pack(MAGIC, VERSION))
         buffer = [packer.pack({"seq": seq, "next_id": next_id, "jobs": count, "written": written})]
         buffered = len(buffer[0])
