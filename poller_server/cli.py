@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING
 
 from .auth import TokenFileError
@@ -14,6 +15,7 @@ from .logs import setup_logging
 from .recovery import RecoveryError
 
 ENV_PREFIX = "POLLER_"
+BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 def env_name(field_name: str) -> str:
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         if item.type in (bool, "bool"):
             kwargs["action"] = "store_true"
         else:
-            kwargs["type"] = {"int": int, "float": float, "str": str}.get(str(item.type), item.type)
+            kwargs["type"] = item.type
             kwargs["metavar"] = item.name.upper()
         if "choices" in item.metadata:
             kwargs["choices"] = item.metadata["choices"]
@@ -51,13 +53,17 @@ def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) 
         if action.dest == "help" or name not in environ:
             continue
         raw = environ[name]
-        if action.const is True:  # store_true
-            defaults[action.dest] = raw.lower() in ("1", "true", "yes")
-            continue
-        try:
-            value = action.type(raw) if action.type else raw
-        except ValueError:
-            parser.error(f"invalid {name}={raw!r}: expected {getattr(action.type, '__name__', 'a value')}")
+        value: object
+        if action.const is True:  # a store_true flag
+            if raw.lower() not in BOOLEAN_WORDS:
+                parser.error(f"invalid {name}={raw!r}: must be one of {', '.join(BOOLEAN_WORDS)}")
+            value = BOOLEAN_WORDS[raw.lower()]
+        else:
+            convert: Callable[[str], object] = action.type if callable(action.type) else str
+            try:
+                value = convert(raw)
+            except ValueError:
+                parser.error(f"invalid {name}={raw!r}: expected {getattr(convert, '__name__', 'a value')}")
         if action.choices and value not in action.choices:
             parser.error(f"invalid {name}={raw!r}: must be one of {', '.join(action.choices)}")
         defaults[action.dest] = value

@@ -8,9 +8,10 @@ environment variable ``POLLER_<OPTION>`` (for example ``POLLER_DATA_DIR``).
 
 import ipaddress
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 
-def option(default: object, help: str, **extra: object) -> object:
+def option(default: Any, help: str, **extra: object) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 

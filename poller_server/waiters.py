@@ -99,9 +99,9 @@ class WaiterQueues:
             body = render(job)
             for waiter in peekers:
                 self.finish(waiter, body)
-        waiter = self.next_claimer(job.user)
-        if waiter is not None:
-            claim(job, waiter)
+        claimer = self.next_claimer(job.user)
+        if claimer is not None:
+            claim(job, claimer)
 
     def finish_all(self) -> None:
         """Answer every waiter with nothing, as on shutdown."""
