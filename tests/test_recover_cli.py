@@ -100,7 +100,8 @@ class TestCheck:
         assert report["next_id"] == 9
         assert report["status_counts"]["new"] == 8
         assert report["snapshots"] and all(snapshot["valid"] for snapshot in report["snapshots"])
-        assert report["torn_tail"] is None and report["corruption"] is None
+        assert report["torn_tail"] is None
+        assert report["corruption"] is None
 
     def test_missing_directory_is_usage_error(self, tmp_path):
         result = run_recover("check", "--data-dir", str(tmp_path / "nowhere"))
@@ -352,7 +353,8 @@ class TestExportImport:
         report = json.loads(imported.stdout)
         assert report["format"] == "legacy dump"
         assert report["imported"] == sorted(row["pk"] for row in rows)
-        assert report["rejected"] == [] and report["skipped"] == []
+        assert report["rejected"] == []
+        assert report["skipped"] == []
 
         server = server_factory(data_dir=data_dir)
         jobs = {job["job_id"]: job for job in listing(server)}

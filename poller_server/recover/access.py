@@ -49,9 +49,9 @@ def _lock_read_only(data_dir: str) -> int | None:
     except BlockingIOError:
         holder = os.read(fd, 64).decode(errors="replace").strip()
         os.close(fd)
-        who = f" (process {holder})" if holder else ""
+        holder_text = f" (process {holder})" if holder else ""
         raise DataDirLocked(
-            f"data directory {data_dir} is in use by another poller process{who}"
+            f"data directory {data_dir} is in use by another poller process{holder_text}"
         ) from None
     return fd
 

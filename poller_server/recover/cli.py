@@ -5,7 +5,7 @@ Exit statuses, the same for every subcommand:
 - 0: success (``check``: the server would start cleanly);
 - 1: ``check``: the server would start only after cutting a torn journal
   tail or skipping an invalid snapshot; ``import``: some rows were rejected;
-  otherwise the operation failed and the message says why;
+  otherwise the operation failed and the message on standard error gives the reason;
 - 2: the server would refuse to start on this directory, or ``repair``
   could not make it startable;
 - 3: a running server (or another ``poller-recover``) holds the directory's lock;
@@ -35,16 +35,10 @@ from .journaled import commit_changes
 from .repair import carry_out, plan_repair, succeeded
 from .requeue import SelectionError, plan_requeue
 
-logger = logging.getLogger(__name__)
-
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_LOCKED = 3
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h; 2 already means "would not start"
-
-
-class UsageError(Exception):
-    pass
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -11,7 +11,7 @@ def write_export(store: JobStore, out: IO[bytes], status: str | None, user: str 
 
     Each element is the job's HTTP rendering (``Job.render``), so lease ids
     stay out, as in a listing. An empty result is ``[]``, where the HTTP
-    listing answers ``{}``.
+    listing returns ``{}``.
     """
     if status is None and user is None:
         ids = store.list_ids()

@@ -1,6 +1,6 @@
 """Importing jobs from an export file or from a dump of the legacy Django poller.
 
-Two formats are read, told apart by their rows:
+Two formats are read, recognized by the keys of their rows:
 
 - ``poller-recover export`` (and the HTTP listing): an array of job objects
   with ``job_id``, ``user``, ``status``, ``created``, ``updated`` and the
@@ -39,7 +39,7 @@ class ImportFileError(Exception):
 
 
 class InvalidRow(Exception):
-    """One row of the import file cannot become a job; the message says why."""
+    """One row of the import file cannot become a job; the message gives the reason."""
 
 
 @dataclass
@@ -82,7 +82,7 @@ def read_import_file(path: str) -> tuple[str, list]:
     if document == {}:
         return EXPORT_FORMAT, []
     if not isinstance(document, list):
-        raise ImportFileError(f"{path} holds a JSON {type(document).__name__}; expected an array of jobs")
+        raise ImportFileError(f"{path} contains a JSON {type(document).__name__}; expected an array of jobs")
     if document and all(isinstance(row, dict) and "fields" in row and "pk" in row for row in document):
         return LEGACY_FORMAT, document
     if all(isinstance(row, dict) and "job_id" in row for row in document):

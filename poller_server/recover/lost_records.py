@@ -1,6 +1,6 @@
 """Decoding what can still be read from journal bytes that a repair sets aside.
 
-A cut range holds damaged bytes and, after them, records that still pass
+A cut range contains damaged bytes and, after them, records that still pass
 their CRC. Those records are changes the server acknowledged and that the
 repair drops, so their job ids are listed for the operator to re-submit or
 check. The jobs touched by damaged bytes cannot be known: those bytes are
@@ -93,8 +93,8 @@ def _describe(record: Record) -> LostChange:
     elif op == "move":
         text = f"move job {change['job_id']} to {change['status']}"
     elif op == "bulk":
-        whose = f"of user {change['user']!r}" if change.get("user") is not None else "of every user"
-        text = f"set all jobs {whose} to {change['status']} (job ids not recorded)"
+        scope = f"of user {change['user']!r}" if change.get("user") is not None else "of every user"
+        text = f"set all jobs {scope} to {change['status']} (job ids not recorded)"
     elif op == "claim":
         text = f"claim job {change['job_id']} by runner {change.get('runner')!r}"
     else:

@@ -19,6 +19,7 @@ def plural(count: int, noun: str) -> str:
 def print_diagnosis(diagnosis: Diagnosis, say: Print) -> None:
     report = diagnosis.report
     say(f"Data directory: {diagnosis.data_dir}")
+
     say("Snapshots:" if diagnosis.snapshots else "Snapshots: none")
     for snapshot in diagnosis.snapshots:
         name = os.path.basename(snapshot.path)
@@ -27,6 +28,7 @@ def print_diagnosis(diagnosis: Diagnosis, say: Print) -> None:
             say(f"  {name}: valid, seq {snapshot.seq}, {snapshot.jobs} jobs{loaded}")
         else:
             say(f"  {name}: INVALID: {snapshot.error}")
+
     say("Journal segments:" if diagnosis.segments else "Journal segments: none")
     for segment in diagnosis.segments:
         name = os.path.basename(segment.path)
@@ -41,6 +43,7 @@ def print_diagnosis(diagnosis: Diagnosis, say: Print) -> None:
                 f"    damaged at offset {segment.damaged_offset} ({segment.damage_reason}), "
                 f"{segment.size - segment.damaged_offset} bytes to the end of the file{after}"
             )
+
     if report.torn_tail is not None:
         tail = report.torn_tail
         say(
@@ -54,6 +57,7 @@ def print_diagnosis(diagnosis: Diagnosis, say: Print) -> None:
         say(f"Temporary file (a server start deletes it): {path}")
     for path in diagnosis.quarantine_files:
         say(f"Quarantine file from an earlier cut: {path}")
+
     if diagnosis.store is not None:
         counts = ", ".join(f"{status} {report.status_counts.get(status, 0)}" for status in STATUSES)
         say(f"Jobs: {len(diagnosis.store)} ({counts}); next id {diagnosis.store.next_id}; last seq {report.last_seq}")
