@@ -148,6 +148,10 @@ def load_token_file(path: str) -> list[Token]:
     return tokens
 
 
+def count_tokens(tokens: list[Token]) -> str:
+    return f"{len(tokens)} token" if len(tokens) == 1 else f"{len(tokens)} tokens"
+
+
 class TokenFile:
     """The tokens of one token file, replaced as a whole by :meth:`reload`."""
 
@@ -163,11 +167,11 @@ class TokenFile:
             tokens = load_token_file(self.path)
         except (TokenFileError, OSError, UnicodeError) as exc:
             self.reload_failures += 1
-            logger.error("Token file reload failed, keeping the %d tokens loaded before: %s", len(self.tokens), exc)
+            logger.error("Token file reload failed, keeping the %s loaded before: %s", count_tokens(self.tokens), exc)
             return False
         self.tokens = tokens
         self.reload_count += 1
-        logger.info("Token file %s reloaded: %d tokens", self.path, len(tokens))
+        logger.info("Token file %s reloaded: %s", self.path, count_tokens(tokens))
         return True
 
     def find(self, presented: str) -> Token | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from tornado.netutil import bind_sockets
 
 from .app import make_app
-from .auth import TokenFile
+from .auth import TokenFile, count_tokens
 from .config import Config, is_loopback
 from .connections import LimitedHTTPServer
 from .datadir import lock_data_dir, unlock_data_dir
@@ -95,7 +95,7 @@ def format_address(sock: socket.socket) -> str:
 def describe_access(config: Config, tokens: TokenFile | None) -> str:
     """Say in the start-up log line who may call the server, and over what."""
     if tokens is not None:
-        access = f"{len(tokens.tokens)} tokens from {tokens.path}"
+        access = f"{count_tokens(tokens.tokens)} from {tokens.path}"
     elif is_loopback(config.host):
         access = "no token file: every request is allowed, loopback only"
     else:

@@ -232,7 +232,7 @@ class TestServerProcess:
     def test_sighup_reloads_and_no_token_is_logged(self, server_factory, tmp_path):
         path = write_token_file(tmp_path / "tokens", [f"{TOKENS['read']} read first"])
         server = server_factory("--token-file", str(path), "--log-level", "debug")
-        assert "1 tokens from" in next(line for line in server.lines if "Poller listening" in line)
+        assert "1 token from" in next(line for line in server.lines if "Poller listening" in line)
         assert server.call("GET", request="all", headers=bearer(TOKENS["read"])).code == 200
         assert server.call("GET", request="all", headers=bearer(TOKENS["submit"])).code == 401
 
