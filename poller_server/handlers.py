@@ -36,7 +36,7 @@ DIGITS = re.compile(r"[0-9]+")
 
 
 class BaseHandler(RequestHandler):
-    """Checks the bearer token, reads the body within the size limit, turns errors into JSON answers."""
+    """Checks the bearer token, reads the body within the size limit, turns errors into JSON responses."""
 
     # Handlers that anyone may call, such as /healthz, set this to False.
     needs_token = True
