@@ -1,21 +1,21 @@
 """Clients for the poller job API: :class:`PollerClient` and :class:`AsyncPollerClient`.
 
 Both classes have the same methods and return plain dicts: a job, a list of
-jobs, or ``None`` where the server returns ``{}`` (no such job, no job
+jobs, or ``None`` where the server responds ``{}`` (no such job, no job
 ready). ``PollerClient`` blocks and uses only the standard library;
 ``AsyncPollerClient`` is awaited on an asyncio event loop and uses Tornado's
 HTTP client.
 
 Errors are raised as :class:`PollerClientError` subclasses. An HTTP error
-answer becomes a :class:`ResponseError` subclass chosen by status code
-(:class:`NotFound`, :class:`Conflict`, ...) that carries the status and the
-server's message. A server that cannot be reached, or does not answer in
+response becomes the :class:`ResponseError` subclass for its status code
+(:class:`NotFound`, :class:`Conflict`, ...), which carries the status and the
+server's message. A server that cannot be reached, or does not respond in
 time, raises :class:`ConnectionFailed`.
 
-Connection failures, time-outs and 503 answers are retried with exponential
+Connection failures, time-outs and 503 responses are retried with exponential
 back-off and full jitter, waiting at least as long as a ``Retry-After``
 header asks. A create is retried only when the caller passes
-``retry=True``, because a create whose answer was lost may have been made,
+``retry=True``, because a create whose response was lost may have been made,
 and repeating it makes a second job. Other requests are safe to repeat: a
 status move to the status a job already has, a requeue of a ``new`` job and
 a heartbeat change nothing the second time. A retried delete whose first
@@ -48,7 +48,7 @@ Job = dict[str, Any]
 
 
 class PollerClientError(Exception):
-    """A request to the poller failed; ``status`` is the HTTP status, or None without an answer."""
+    """A failed request to the poller; ``status`` is the HTTP status, or None when no response came."""
 
     status: int | None = None
 
@@ -60,11 +60,11 @@ class PollerClientError(Exception):
 
 
 class ConnectionFailed(PollerClientError):
-    """The server could not be reached, or the connection broke before the answer."""
+    """The server could not be reached, or the connection broke before the response."""
 
 
 class TimedOut(ConnectionFailed):
-    """The server did not answer within the request time-out."""
+    """The server did not respond within the request time-out."""
 
 
 class TLSFailed(PollerClientError):
@@ -72,7 +72,7 @@ class TLSFailed(PollerClientError):
 
 
 class ResponseError(PollerClientError):
-    """The server answered with an HTTP error status; ``message`` is its ``error`` text."""
+    """An HTTP error response; ``message`` is the ``error`` text of its body."""
 
     status: int = 500
 
@@ -123,7 +123,7 @@ class Unavailable(ResponseError):
 
 
 class InsufficientStorage(ResponseError):
-    """The server holds as many jobs as it may (HTTP 507)."""
+    """The server stores as many jobs as its --max-jobs allows (HTTP 507)."""
 
     status = 507
 
@@ -157,7 +157,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def error_from_response(status: int, reason: str, body: bytes, retry_after: str | None) -> ResponseError:
-    """Build the typed error for an HTTP error answer."""
+    """Build the typed error for an HTTP error response."""
     message = reason or "HTTP error"
     try:
         document = json.loads(body)
@@ -179,7 +179,7 @@ def error_from_response(status: int, reason: str, body: bytes, retry_after: str 
 
 @dataclass
 class ApiCall:
-    """One API request: its parameters, how long the server may hold it, and how to read the answer."""
+    """One API request: its parameters, how long the server may hold it, and how to convert the response."""
 
     method: str
     params: dict[str, Any]
@@ -296,7 +296,7 @@ def read_token(token: str | None, token_file: str | None) -> str | None:
             lines = [line.strip() for line in f]
         tokens = [line for line in lines if line and not line.startswith("#")]
         if not tokens:
-            raise ValueError(f"token file {token_file} holds no token")
+            raise ValueError(f"token file {token_file} contains no token; write the token on its first line")
         token = tokens[0]
     return token
 
@@ -317,8 +317,8 @@ class ClientBase:
     ) -> None:
         """Point the client at ``url``, the server's base URL such as ``http://host:8080``.
 
-        ``timeout`` bounds the wait for an answer, in seconds; a long poll
-        gets its ``wait`` on top. ``ca_file`` names the PEM file of the
+        ``timeout`` bounds the wait for a response, in seconds, and a long
+        poll gets its ``wait`` on top. ``ca_file`` names the PEM file of the
         certificate authorities that an ``https`` server's certificate must
         chain to; without it the system's are used.
         """
@@ -398,15 +398,18 @@ class PollerClient(ClientBase):
             try:
                 connection.connect()
                 assert connection.sock is not None
-                # NOTE: the socket time-out bounds each read, not the whole answer;
-                # the server sends nothing until the answer is ready, so the first
-                # read covers a long poll.
+                # NOTE: the socket time-out bounds each read, not the whole response.
+                # The server sends nothing until the response is ready, so the
+                # first read covers a long poll.
                 connection.sock.settimeout(self._request_timeout(call))
                 connection.request(call.method, target, body=body, headers=headers)
                 response = connection.getresponse()
                 data = response.read()
             except TimeoutError as exc:
-                raise TimedOut(f"no answer from {self.url} within the time-out: {exc}") from exc
+                raise TimedOut(
+                    f"request {call.request_type!r} to {self.url} timed out after "
+                    f"{self._request_timeout(call):g} s"
+                ) from exc
             except ssl.SSLError as exc:
                 raise TLSFailed(f"TLS handshake with {self.url} failed: {exc}; check the CA file") from exc
             except (OSError, http.client.HTTPException) as exc:
@@ -431,7 +434,7 @@ class PollerClient(ClientBase):
         """Create a job for ``user`` with configuration fields ``config``; return it.
 
         A create is sent once unless ``retry`` is true, because a repeated
-        create whose first answer was lost makes two jobs.
+        create whose first response was lost makes two jobs.
         """
         return self._perform(create_call(user, config, retry))
 
@@ -455,8 +458,8 @@ class PollerClient(ClientBase):
         """Return the oldest ``new`` job, waiting up to ``wait`` seconds for one; None if there is none.
 
         With ``claim`` the job becomes ``in_progress`` for this caller alone
-        and carries ``lease_id`` and ``lease_expires``; ``lease`` (seconds)
-        overrides the server's default lease and ``runner`` is recorded on
+        and carries ``lease_id`` and ``lease_expires``. ``lease`` (seconds)
+        overrides the server's default lease, and ``runner`` is recorded on
         the job.
         """
         return self._perform(next_call(user, wait, claim, runner, lease))
@@ -497,7 +500,7 @@ def describe_os_error(error: BaseException) -> str:
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
     if isinstance(error, http.client.RemoteDisconnected):
-        return "the server closed the connection without an answer"
+        return "the server closed the connection without a response"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror[0].lower() + error.strerror[1:]
     return str(error) or type(error).__name__
@@ -548,7 +551,9 @@ class AsyncPollerClient(ClientBase):
         try:
             response = await self._http.fetch(request, raise_error=False)
         except HTTPTimeoutError as exc:
-            raise TimedOut(f"no answer from {self.url} within the time-out") from exc
+            raise TimedOut(
+                f"request {call.request_type!r} to {self.url} timed out after {self._request_timeout(call):g} s"
+            ) from exc
         except HTTPClientError as exc:
             # With raise_error=False, Tornado raises only its own errors: status 599.
             raise ConnectionFailed(f"cannot reach {self.url}: {exc.message or exc}") from exc

@@ -51,7 +51,7 @@ class UsageError(Exception):
 
 
 class JobMissing(Exception):
-    """The server has no job with the requested id (it answered ``{}``)."""
+    """The server has no job with the requested id (its response was ``{}``)."""
 
     def __init__(self, job_id: int) -> None:
         super().__init__(f"job {job_id} not found; run `poller list` to see the jobs")
@@ -89,8 +89,8 @@ def config_summary(job: Job) -> str:
 def print_job(job: Job, out: TextIO) -> None:
     width = max(display_width(key) for key in job)
     for key, value in job.items():
-        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        out.write(f"{pad(key, width)}  {shown}\n")
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        out.write(f"{pad(key, width)}  {text}\n")
 
 
 def print_json(value: Any, out: TextIO) -> None:
@@ -337,7 +337,7 @@ def make_client(args: argparse.Namespace, environ: dict[str, str]) -> PollerClie
     token_file = getattr(args, "token_file", None) or environ.get("POLLER_TOKEN_FILE") or None
     ca_file = getattr(args, "ca_file", None) or environ.get("POLLER_CA_FILE") or None
     try:
-        # A person is waiting: retry briefly, then say what is wrong.
+        # A person is waiting, so retry briefly and then report the error.
         return PollerClient(url, token_file=token_file, ca_file=ca_file, connect_timeout=5,
                             retry=RetryPolicy(retries=2, max_delay=1.0))
     except OSError as exc:
@@ -350,7 +350,7 @@ def make_client(args: argparse.Namespace, environ: dict[str, str]) -> PollerClie
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None,
          out: TextIO | None = None, err: TextIO | None = None) -> int:
     environ = dict(os.environ) if environ is None else environ
-    # Retries are logged as warnings; a person sees only the final error.
+    # Retry warnings would only clutter a person's terminal; the final error is printed.
     logging.basicConfig(level=logging.ERROR, format="poller: %(message)s")
     out = out or sys.stdout
     err = err or sys.stderr

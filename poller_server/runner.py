@@ -3,8 +3,8 @@
 The runner long-polls ``next`` with ``claim``, so no other runner gets the
 same job, and runs ``COMMAND [ARG ...]`` once per job, directly and never
 through a shell. While the command runs, the runner extends the job's lease
-every third of the lease. Exit status 0 reports the job ``complete``; any
-other status, or death by a signal, reports it ``failed`` with the status
+every third of the lease. Exit status 0 reports the job ``complete``. Any
+other status, or death by a signal, reports it ``failed``, with the status
 and the end of the command's standard error as the reason.
 
 The command receives the job three ways:
@@ -207,7 +207,7 @@ class Runner:
         self.settings = settings
         self.running: dict[int, JobRun] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.taken = 0
+        self.jobs_taken = 0
         self.fatal_error: Exception | None = None
         self._stopping = asyncio.Event()
         self._abort_now = asyncio.Event()
@@ -247,7 +247,7 @@ class Runner:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        logger.info("Runner %s stopped after taking %d jobs", self.settings.runner_name, self.taken)
+        logger.info("Runner %s stopped (jobs taken: %d)", self.settings.runner_name, self.jobs_taken)
         return 1 if self.fatal_error is not None else 0
 
     async def _finish_within_grace(self) -> None:
@@ -270,7 +270,7 @@ class Runner:
     # -- taking jobs -----------------------------------------------------------------
 
     def _limit_reached(self) -> bool:
-        return self.settings.max_jobs is not None and self.taken >= self.settings.max_jobs
+        return self.settings.max_jobs is not None and self.jobs_taken >= self.settings.max_jobs
 
     async def _take_jobs(self) -> None:
         backoff = 0.0
@@ -306,7 +306,7 @@ class Runner:
                 # The poll was in flight when the stop came; hand the job back at once.
                 await self._requeue(job["job_id"], "the runner is stopping")
                 break
-            self.taken += 1
+            self.jobs_taken += 1
             run = JobRun(job)
             self.running[run.job_id] = run
             task = asyncio.create_task(self._run_job(run))
@@ -427,14 +427,14 @@ class Runner:
         else:
             logger.info("Job %d ended: %s in %.1f s (%s)", run.job_id, status, duration, reason.splitlines()[0])
 
-    async def _requeue(self, job_id: int, why: str) -> None:
+    async def _requeue(self, job_id: int, cause: str) -> None:
         try:
             await self.client.requeue(job_id)
         except PollerClientError as exc:
             logger.error("Job %d: requeue failed (%s): %s; the job returns to new when its lease expires",
-                         job_id, why, exc)
+                         job_id, cause, exc)
             return
-        logger.info("Job %d requeued: %s", job_id, why)
+        logger.info("Job %d requeued: %s", job_id, cause)
 
 
 # -- command line ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""PollerClient and AsyncPollerClient against a real server, and against a mock for error answers."""
+"""PollerClient and AsyncPollerClient against a real server, and against a mock for error responses."""
 
 import asyncio
 import json
@@ -62,15 +62,15 @@ class SyncAsyncClient:
 @pytest.fixture(params=["blocking", "async"])
 def make_client(request):
     """Build a client of the kind under test: ``make_client(url, **options)``."""
-    made = []
+    clients = []
 
     def make(url, **kwargs):
         client = PollerClient(url, **kwargs) if request.param == "blocking" else SyncAsyncClient(url, **kwargs)
-        made.append(client)
+        clients.append(client)
         return client
 
     yield make
-    for client in made:
+    for client in clients:
         if isinstance(client, SyncAsyncClient):
             client.close()
 
@@ -87,11 +87,11 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-# -- a mock server for answers the real one does not give --------------------------------
+# -- a mock server for responses the real one does not give ------------------------------
 
 
 class MockServer:
-    """A loopback HTTP server that records requests and plays back queued answers."""
+    """A loopback HTTP server that records requests and plays back queued responses."""
 
     def __init__(self) -> None:
         self.requests: list[dict] = []
@@ -443,7 +443,7 @@ def test_retry_across_server_restart(server_factory, make_client):
     polling = threading.Thread(target=poll)
     polling.start()
     try:
-        # Give the long poll time to reach the server before it dies; if it
+        # Give the long poll time to reach the server before it dies. If it
         # does not, the test still covers a retry on a refused connection.
         polling.join(0.5)
         first.kill9()
@@ -476,7 +476,7 @@ def test_bearer_token_sent(mock, make_client, tmp_path):
 def test_empty_token_file_rejected(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("# nothing here\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="holds no token"):
+    with pytest.raises(ValueError, match="contains no token"):
         PollerClient("http://127.0.0.1:8080", token_file=str(token_file))
 
 
