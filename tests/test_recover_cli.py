@@ -178,6 +178,30 @@ class TestRepair:
         assert "job ids they touched: 3, 4" in repair.stdout
         assert "cannot be known" in repair.stdout
 
+    def test_lost_segment_cuts_after_gap(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        runs = load_runs()
+        for start in (0, 3, 6):
+            server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
+            create_jobs(server, runs[start:start + 3])
+            server.kill9()
+        segments = [Path(path) for _, path in list_segments(str(data_dir)) if os.path.getsize(path) > 16]
+        assert [segment.name[8:28] for segment in segments] == ["%020d" % seq for seq in (1, 4, 7)]
+        segments[1].unlink()
+
+        assert run_recover("check", "--data-dir", str(data_dir)).returncode == 2
+        repair = run_recover("repair", "--json", "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        result = json.loads(repair.stdout)
+        assert result["missing_seqs"] == [4, 6]
+        assert result["lost_job_ids"] == [7, 8, 9]
+        assert result["next_id_raised_to"] == 10
+        assert not segments[2].exists()
+
+        server = server_factory(data_dir=data_dir)
+        assert [job["job_id"] for job in listing(server)] == [1, 2, 3]
+        assert server.call("POST", request="new", user="jdoe").json["job_id"] == 10
+
     def test_corrupt_snapshot_quarantined(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
         runs = load_runs()

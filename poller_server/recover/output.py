@@ -99,6 +99,12 @@ def print_lost(plan: RepairPlan, say: Print) -> None:
         return
     ids = ", ".join(str(job_id) for job_id in plan.lost_job_ids) or "none"
     say(f"Records dropped that are still readable: {plan.lost_records}; job ids they touched: {ids}")
+    if plan.missing_seqs is not None:
+        first, last = plan.missing_seqs
+        say(
+            f"Journal records seq {first} to {last} are missing: no segment file contains them, "
+            "so the jobs they touched cannot be known."
+        )
     if plan.unreadable_bytes:
         say(
             f"Unreadable bytes: {plan.unreadable_bytes}; the records in them, and the job ids they "

@@ -6,10 +6,10 @@ Carrying it out:
 
 1. copy every file the repair changes into a new backup folder, fsynced;
 2. rename invalid snapshots to ``<name>.quarantine-<time>``;
-3. cut the journal at the first bad record: the bytes from there to the end
-   of that segment, and every later segment whole, move to quarantine files
-   (``recovery.quarantine_tail``, the code a server start uses for a torn
-   tail);
+3. cut the journal at the first bad record, or at the first segment after a
+   lost one: the bytes from there to the end of that segment, and every
+   later segment whole, move to quarantine files (``recovery.quarantine_tail``,
+   the code a server start uses for a torn tail);
 4. if a dropped record created a job whose id is not below the recovered
    next id, write a snapshot with a higher next id, so the server never hands
    out the id of a job a runner may still know;
@@ -25,7 +25,7 @@ from ..journal import fsync_directory
 from ..recovery import quarantine_tail
 from ..snapshot import snapshot_name
 from .compaction import write_store_snapshot
-from .diagnosis import EXIT_CLEAN, Diagnosis, diagnose
+from .diagnosis import EXIT_CLEAN, Diagnosis, SegmentSummary, diagnose
 from .lost_records import CutRange, read_cut_range
 
 BACKUP_PREFIX = "repair-backup-"
@@ -39,6 +39,8 @@ class RepairPlan:
     cuts: list[CutRange] = field(default_factory=list)
     # Why the directory cannot be repaired automatically; None if it can.
     blocked: str | None = None
+    # First and last seq that no journal segment contains, if a segment is lost.
+    missing_seqs: tuple[int, int] | None = None
 
     @property
     def nothing_to_do(self) -> bool:
@@ -70,6 +72,7 @@ class RepairPlan:
             "lost_records": self.lost_records,
             "lost_job_ids": self.lost_job_ids,
             "unreadable_bytes": self.unreadable_bytes,
+            "missing_seqs": self.missing_seqs,
             "blocked": self.blocked,
         }
 
@@ -103,24 +106,49 @@ def plan_repair(diagnosis: Diagnosis, backup_root: str | None = None) -> RepairP
     plan = RepairPlan(data_dir, backup_dir)
     report = diagnosis.report
     damage = report.corruption or report.torn_tail
+    cut_path, cut_offset = (damage.path, damage.offset) if damage is not None else (None, 0)
     if report.error is not None and report.corruption is None:
-        # A missing snapshot, a gap in the seq numbers or a record that does
-        # not apply: no cut point is known, and guessing one could drop jobs.
-        plan.blocked = (
-            f"{report.error}. Repair cannot fix this automatically; restore the data directory "
-            "from a backup, or keep it and export what a fixed copy holds"
-        )
-        return plan
+        gap = find_seq_gap(diagnosis)
+        if gap is None:
+            # No valid snapshot, or a record that does not apply: no cut point
+            # is known, and guessing one could drop jobs.
+            plan.blocked = (
+                f"{report.error}. Repair cannot fix this automatically; "
+                "restore the data directory from a backup"
+            )
+            return plan
+        segment, plan.missing_seqs = gap
+        cut_path, cut_offset = segment.path, 0
 
     plan.snapshots_to_quarantine = [snapshot.path for snapshot in diagnosis.invalid_snapshots]
-    if damage is None:
+    if cut_path is None:
         return plan
-    plan.cuts.append(read_cut_range(damage.path, damage.offset))
+    plan.cuts.append(read_cut_range(cut_path, cut_offset))
     paths = [segment.path for segment in diagnosis.segments]
     # Segments are listed in seq order, so everything after the cut follows it.
-    for path in paths[paths.index(damage.path) + 1:]:
+    for path in paths[paths.index(cut_path) + 1:]:
         plan.cuts.append(read_cut_range(path, 0))
     return plan
+
+
+def find_seq_gap(diagnosis: Diagnosis) -> tuple[SegmentSummary, tuple[int, int]] | None:
+    """Return the first segment that starts after missing seqs, and the missing range.
+
+    A gap between segments means a segment file is lost; the records after it
+    cannot be replayed on top of the missing ones.
+    """
+    last_seq = diagnosis.report.snapshot_seq
+    for segment in diagnosis.segments:
+        if segment.first_seq is None or segment.last_seq is None or segment.last_seq <= last_seq:
+            continue
+        if segment.first_seq > last_seq + 1:
+            if diagnosis.report.snapshot_loaded is None and last_seq == 0:
+                # The start of the history is missing, as when every snapshot
+                # is lost: cutting would leave a store without those jobs.
+                return None
+            return segment, (last_seq + 1, segment.first_seq - 1)
+        last_seq = segment.last_seq
+    return None
 
 
 def carry_out(plan: RepairPlan) -> RepairResult:
