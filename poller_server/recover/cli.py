@@ -3,9 +3,10 @@
 Exit statuses, the same for every subcommand:
 
 - 0: success (``check``: the server would start cleanly);
-- 1: ``check``: the server would start only after cutting a torn journal
-  tail or skipping an invalid snapshot; ``import``: some rows were rejected;
-  otherwise the operation failed and the message on standard error gives the reason;
+- 1: for ``check``, the server would start only after cutting a torn
+  journal tail or skipping an invalid snapshot. For ``import``, some rows
+  were rejected. For the other commands, the operation failed, and the
+  message on standard error gives the reason;
 - 2: the server would refuse to start on this directory, or ``repair``
   could not make it startable;
 - 3: a running server (or another ``poller-recover``) holds the directory's lock;
@@ -231,7 +232,7 @@ def run_export(args: argparse.Namespace) -> int:
         store, report = recover(args.data_dir, repair=False)
     if report.torn_tail is not None:
         warn(f"poller-recover: the journal has a torn tail at {report.torn_tail.path} offset "
-             f"{report.torn_tail.offset}; the export holds the jobs before it")
+             f"{report.torn_tail.offset}; the export contains the jobs before it")
     if args.output:
         count = export_to_file(store, args.output, args.status, args.user)
         warn(f"Exported {output.plural(count, 'job')} to {args.output}")
@@ -257,7 +258,13 @@ def run_import(args: argparse.Namespace) -> int:
                 store, report = load_for_write(args.data_dir)
             plan = plan_import(store, format_name, rows, args.skip_existing)
             if not args.dry_run and plan.jobs:
-                commit_changes(args.data_dir, store, report.last_seq + 1, plan.changes(store))
+                try:
+                    commit_changes(args.data_dir, store, report.last_seq + 1, plan.changes(store))
+                except (JournalError, OSError) as exc:
+                    warn(f"poller-recover: import failed: {exc}")
+                    warn("poller-recover: the jobs written before the failure stay; after fixing the cause, "
+                         "run the import again with --skip-existing")
+                    return EXIT_FAILED
     if args.json:
         say(json.dumps({**plan.to_dict(), "dry_run": args.dry_run}, ensure_ascii=False, indent=2))
     else:

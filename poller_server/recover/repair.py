@@ -7,9 +7,9 @@ Carrying it out:
 1. copy every file the repair changes into a new backup folder, fsynced;
 2. rename invalid snapshots to ``<name>.quarantine-<time>``;
 3. cut the journal at the first bad record, or at the first segment after a
-   lost one: the bytes from there to the end of that segment, and every
-   later segment whole, move to quarantine files (``recovery.quarantine_tail``,
-   the code a server start uses for a torn tail);
+   lost one. The bytes from there to the end of that segment, and every later
+   segment whole, move to quarantine files through ``recovery.quarantine_tail``,
+   the code a server start uses for a torn tail;
 4. if a dropped record created a job whose id is not below the recovered
    next id, write a snapshot with a higher next id, so the server never hands
    out the id of a job a runner may still know;
@@ -171,6 +171,8 @@ def carry_out(plan: RepairPlan) -> RepairResult:
         result.quarantined.append(quarantine_tail(cut.path, cut.offset))
 
     after = diagnose(plan.data_dir)
+    # NOTE: a job created in unreadable bytes has an unknown id, so it is
+    # protected only when a readable dropped record has a higher id.
     lost_ids = plan.lost_job_ids
     if after.store is not None and lost_ids and lost_ids[-1] >= after.store.next_id:
         after.store.next_id = lost_ids[-1] + 1
