@@ -172,11 +172,15 @@ class TestRepair:
         data_dir = tmp_path / "data"
         segment = journal_with_jobs(server_factory, data_dir, 4)
         corrupt_record(segment, 1)
+        backups = tmp_path / "backups"
+        backups.mkdir()
 
-        repair = run_recover("repair", "--data-dir", str(data_dir))
+        repair = run_recover("repair", "--backup-dir", str(backups), "--data-dir", str(data_dir))
         assert repair.returncode == 0, repair.stdout + repair.stderr
         assert "job ids they touched: 3, 4" in repair.stdout
         assert "cannot be known" in repair.stdout
+        assert [path.name for path in backups.glob("repair-backup-*/*")] == [segment.name]
+        assert not list(data_dir.glob("repair-backup-*"))
 
     def test_lost_segment_cuts_after_gap(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
@@ -458,3 +462,4 @@ def test_script_wrapper_runs_check(tmp_path):
     result = run_recover("check", "--data-dir", str(data_dir), script=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Snapshots: none" in result.stdout
+    assert "contains no snapshot or journal" in result.stdout

@@ -78,6 +78,8 @@ class Diagnosis:
             if self.invalid_snapshots:
                 reasons.append(f"skip {len(self.invalid_snapshots)} invalid snapshot(s)")
             return "the server would start after it had to " + " and ".join(reasons)
+        if not self.snapshots and not self.segments:
+            return "the server would start cleanly, with no jobs: the directory contains no snapshot or journal"
         return "the server would start cleanly"
 
     def to_dict(self) -> dict:
