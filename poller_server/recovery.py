@@ -19,6 +19,7 @@ With ``repair=False`` nothing on disk changes and the report says what a
 start would do; ``poller-recover check`` uses that.
 """
 
+import gc
 import logging
 import os
 import time
@@ -123,12 +124,20 @@ def recover(data_dir: str, repair: bool = True) -> tuple[JobStore, RecoveryRepor
     """
     started = time.monotonic()
     report = RecoveryReport()
+    # Loading creates millions of objects and no reference cycles; the cyclic
+    # garbage collector would scan them over and over (3.4 s instead of
+    # 0.8 s to decode a million-job snapshot), so it pauses meanwhile.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         store = _recover(data_dir, repair, report)
     except RecoveryError as exc:
         report.error = str(exc)
         exc.report = report  # type: ignore[attr-defined]
         raise
+    finally:
+        if collecting:
+            gc.enable()
     report.jobs = len(store)
     report.next_id = store.next_id
     report.status_counts = {status: store.count(status) for status in STATUSES}

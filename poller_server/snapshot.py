@@ -8,7 +8,7 @@ File layout (integers big-endian)::
     +--------------------------------------+
     | msgpack map: seq, next_id, jobs,     |  body
     |   written (epoch ms)                 |
-    | one msgpack array per job            |
+    | msgpack array of jobs, each an array |
     +--------------------------------------+
     | magic b"SNAPEND1" | body length u64  |  trailer, 20 bytes
     | crc32 of the body u32                |
@@ -82,8 +82,12 @@ def write_snapshot_file(path: str, seq: int, next_id: int, written: int, count: 
     length = 0
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(HEADER.pack(MAGIC, VERSION))
-        buffer = [packer.pack({"seq": seq, "next_id": next_id, "jobs": count, "written": written})]
-        buffered = len(buffer[0])
+        # The jobs form one msgpack array, so a reader decodes them in one call.
+        buffer = [
+            packer.pack({"seq": seq, "next_id": next_id, "jobs": count, "written": written}),
+            packer.pack_array_header(count),
+        ]
+        buffered = sum(map(len, buffer))
         for record in jobs:
             chunk = packer.pack(record)
             buffer.append(chunk)
@@ -135,11 +139,19 @@ def read_snapshot(path: str) -> Snapshot:
         raise SnapshotError(f"snapshot {path} fails its CRC check")
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(body) + 1)
     unpacker.feed(body)
+    del body, data
     try:
         meta = unpacker.unpack()
-        jobs = [record for record in unpacker]
-    except (ValueError, msgpack.UnpackException) as exc:
+        jobs = unpacker.unpack()
+        if not isinstance(meta, dict) or not isinstance(jobs, list):
+            raise ValueError("unexpected layout")
+        unpacker.unpack()
+    except msgpack.OutOfData:
+        pass
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise SnapshotError(f"snapshot {path} cannot be decoded: {exc}") from exc
+    else:
+        raise SnapshotError(f"snapshot {path} has data after its job list")
     if len(jobs) != meta["jobs"]:
         raise SnapshotError(f"snapshot {path} holds {len(jobs)} jobs, its header says {meta['jobs']}")
     if match and int(match.group(1)) != meta["seq"]:

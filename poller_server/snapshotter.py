@@ -15,6 +15,7 @@ A snapshot is taken in four steps:
 """
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -95,6 +96,9 @@ class Snapshotter:
         if os.environ.get(TEST_HOOK_ENV) == "crash-after-snapshot-rename":
             os.kill(os.getpid(), signal.SIGKILL)
         await loop.run_in_executor(None, compact, self.data_dir)
+        # Jobs that made it into a snapshot are long-lived; as after recovery,
+        # move them out of the garbage collector's full scans.
+        gc.freeze()
         self.last_snapshot_time = time.time()
         self.last_duration = time.monotonic() - started
         self.last_error = None

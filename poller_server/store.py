@@ -310,8 +310,28 @@ class JobStore:
             yield job.to_record()
 
     def load(self, records: Iterable[list], next_id: int) -> None:
-        """Replace the contents with ``records`` (from :meth:`dump`) and set the next id."""
+        """Replace the contents with ``records`` (from :meth:`dump`) and set the next id.
+
+        Builds each index once from sorted id lists instead of inserting job
+        by job, which matters when a snapshot of a million jobs is loaded.
+        """
         self.__init__()  # type: ignore[misc]
-        for record in sorted(records, key=lambda r: r[0]):
-            self._insert(Job.from_record(record))
-        self.next_id = max(self.next_id, next_id)
+        jobs = [Job.from_record(record) for record in records]
+        if any(a.job_id >= b.job_id for a, b in zip(jobs, jobs[1:])):
+            jobs.sort(key=lambda job: job.job_id)
+        by_status: dict[str, list[int]] = {status: [] for status in STATUSES}
+        by_user: dict[str, list[int]] = {}
+        by_user_status: dict[tuple[str, str], list[int]] = {}
+        names: dict[str, str] = {}
+        for job in jobs:
+            job.user = names.setdefault(job.user, job.user)
+            job_id = job.job_id
+            self.jobs[job_id] = job
+            by_status[job.status].append(job_id)
+            by_user.setdefault(job.user, []).append(job_id)
+            by_user_status.setdefault((job.user, job.status), []).append(job_id)
+        self._by_status = {status: SortedList(ids) for status, ids in by_status.items()}
+        self._by_user = {user: SortedList(ids) for user, ids in by_user.items()}
+        self._by_user_status = {key: SortedList(ids) for key, ids in by_user_status.items()}
+        last_id = jobs[-1].job_id if jobs else 0
+        self.next_id = max(last_id + 1, next_id)
