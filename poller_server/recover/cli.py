@@ -136,6 +136,10 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="poller-recover: %(levelname)s: %(message)s", stream=sys.stderr)
+    if args.command in ("check", "repair"):
+        # Their reports list every warning recovery would log, so the log
+        # lines would only repeat them.
+        logging.getLogger("poller_server.recovery").setLevel(logging.ERROR)
     handler = COMMANDS[args.command]
     try:
         return handler(args)

@@ -76,7 +76,8 @@ class Diagnosis:
             if self.report.torn_tail is not None:
                 reasons.append("cut the torn journal tail")
             if self.invalid_snapshots:
-                reasons.append(f"skip {len(self.invalid_snapshots)} invalid snapshot(s)")
+                count = len(self.invalid_snapshots)
+                reasons.append(f"skip {count} invalid snapshot" + ("" if count == 1 else "s"))
             return "the server would start after it had to " + " and ".join(reasons)
         if not self.snapshots and not self.segments:
             return "the server would start cleanly, with no jobs: the directory contains no snapshot or journal"

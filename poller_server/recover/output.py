@@ -25,7 +25,7 @@ def print_diagnosis(diagnosis: Diagnosis, say: Print) -> None:
         name = os.path.basename(snapshot.path)
         if snapshot.valid:
             loaded = ", loaded" if snapshot.path == report.snapshot_loaded else ""
-            say(f"  {name}: valid, seq {snapshot.seq}, {snapshot.jobs} jobs{loaded}")
+            say(f"  {name}: valid, seq {snapshot.seq}, {plural(snapshot.jobs or 0, 'job')}{loaded}")
         else:
             say(f"  {name}: INVALID: {snapshot.error}")
 
