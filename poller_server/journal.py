@@ -39,7 +39,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgpack
 
@@ -53,7 +53,7 @@ FILE_HEADER = struct.Struct(">8sI4x")
 RECORD_HEADER = struct.Struct(">IQI")
 SEQ = struct.Struct(">Q")
 # Requests are bounded by the body size limit, so a larger length field can
-# only be damage; checking it avoids reading gigabytes on a corrupt header.
+# only be damage. Checking it avoids reading gigabytes on a corrupt header.
 MAX_RECORD_SIZE = 64 * 1024 * 1024
 
 SEGMENT_PATTERN = re.compile(r"^journal-(\d{20})\.log$")
@@ -98,7 +98,7 @@ class Record:
 
 @dataclass
 class SegmentScan:
-    """What reading one segment found."""
+    """Summary of one segment as read: its good records and where damage starts."""
 
     path: str
     first_seq: int
@@ -112,7 +112,6 @@ class SegmentScan:
     # Offset of a valid record after the bad range: corruption in the middle.
     resync_offset: int | None = None
     header_ok: bool = True
-    seqs: list[int] = field(default_factory=list, repr=False)
 
 
 def _read_record(data: bytes, offset: int, expected_seq: int | None) -> tuple[Record | None, str]:

@@ -15,8 +15,8 @@ Steps, in order:
    is cut there. A bad record followed by valid ones is corruption in the
    middle: recovery fails with the file, the offset and the repair command.
 
-With ``repair=False`` nothing on disk changes and the report says what a
-start would do; ``poller-recover check`` uses that.
+With ``repair=False`` nothing on disk changes and the report describes what
+a start would do; ``poller-recover check`` uses that.
 """
 
 import gc
@@ -106,7 +106,7 @@ def quarantine_tail(segment_path: str, offset: int) -> str:
             out.flush()
             os.fsync(out.fileno())
         if offset < FILE_HEADER.size:
-            # Not even the file header survived: the segment holds nothing.
+            # Not even the file header survived, so the segment contains nothing.
             os.unlink(segment_path)
         else:
             f.truncate(offset)
@@ -124,9 +124,9 @@ def recover(data_dir: str, repair: bool = True) -> tuple[JobStore, RecoveryRepor
     """
     started = time.monotonic()
     report = RecoveryReport()
-    # Loading creates millions of objects and no reference cycles; the cyclic
-    # garbage collector would scan them over and over (3.4 s instead of
-    # 0.8 s to decode a million-job snapshot), so it pauses meanwhile.
+    # Loading creates millions of objects but no reference cycles. The cyclic
+    # garbage collector would scan them again and again, which made decoding
+    # a million-job snapshot about four times slower, so it pauses meanwhile.
     collecting = gc.isenabled()
     gc.disable()
     try:

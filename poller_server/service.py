@@ -122,7 +122,7 @@ class JobService:
     async def create(self, user: str, config: bytes) -> Job:
         if self.config.max_jobs and len(self.store) >= self.config.max_jobs:
             raise StoreFull(
-                f"the store holds {len(self.store)} jobs, the maximum set by --max-jobs; "
+                f"the store contains {len(self.store)} jobs, the maximum set by --max-jobs; "
                 "delete finished jobs or raise the limit"
             )
         job = await self._commit(self.store.plan_create(user, config, now_ms()))
@@ -298,7 +298,7 @@ class JobService:
     # -- shutdown --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Answer every waiting request with nothing and stop lease timers."""
+        """Resolve every waiting request with an empty answer and stop lease timers."""
         self.closing = True
         self.waiters.finish_all()
         if self._lease_timer is not None:

@@ -124,6 +124,7 @@ def read_snapshot(path: str) -> Snapshot:
             data = f.read()
     except OSError as exc:
         raise SnapshotError(f"snapshot {path} cannot be read: {exc}") from exc
+
     if len(data) < HEADER.size + TRAILER.size:
         raise SnapshotError(f"snapshot {path} is too short ({len(data)} bytes)")
     magic, version = HEADER.unpack_from(data)
@@ -137,6 +138,7 @@ def read_snapshot(path: str) -> Snapshot:
         raise SnapshotError(f"snapshot {path} is incomplete (no valid trailer)")
     if zlib.crc32(body) != crc:
         raise SnapshotError(f"snapshot {path} fails its CRC check")
+
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(body) + 1)
     unpacker.feed(body)
     del body, data
@@ -152,8 +154,9 @@ def read_snapshot(path: str) -> Snapshot:
         raise SnapshotError(f"snapshot {path} cannot be decoded: {exc}") from exc
     else:
         raise SnapshotError(f"snapshot {path} has data after its job list")
+
     if len(jobs) != meta["jobs"]:
-        raise SnapshotError(f"snapshot {path} holds {len(jobs)} jobs, its header says {meta['jobs']}")
+        raise SnapshotError(f"snapshot {path} contains {len(jobs)} jobs but its header lists {meta['jobs']}")
     if match and int(match.group(1)) != meta["seq"]:
-        raise SnapshotError(f"snapshot {path} covers seq {meta['seq']}, its name says otherwise")
+        raise SnapshotError(f"snapshot {path} covers seq {meta['seq']}, which does not match its file name")
     return Snapshot(path=path, seq=meta["seq"], next_id=meta["next_id"], written=meta["written"], jobs=jobs)

@@ -144,7 +144,8 @@ class JobStore:
 
     def plan_unclaim(self, job: Job, previous_runner: str | None, now: int) -> Change:
         """Plan to undo a claim whose answer never reached the runner."""
-        assert job.status == IN_PROGRESS and job.attempts > 0
+        assert job.status == IN_PROGRESS, job.status
+        assert job.attempts > 0, job.attempts
         return {"op": "unclaim", "job_id": job.job_id, "runner": previous_runner, "ts": now}
 
     def plan_heartbeat(self, job_id: int, lease_id: str, lease_expires: int, now: int) -> Change:
