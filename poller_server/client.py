@@ -285,16 +285,18 @@ class RetryPolicy:
 
 
 def read_token(token: str | None, token_file: str | None) -> str | None:
-    """Return the bearer token given directly or as the first line of ``token_file``.
+    """Return the bearer token given directly or read from ``token_file``.
 
-    Blank lines and lines starting with ``#`` in the file are skipped.
+    The token is the first word of the file's first line that is neither
+    blank nor a comment (``#``). A line of the server's token file
+    (``TOKEN SCOPES NAME``) therefore works too.
     """
     if token is not None and token_file is not None:
         raise ValueError("give either token or token_file, not both")
     if token_file is not None:
         with open(token_file, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
-        tokens = [line for line in lines if line and not line.startswith("#")]
+        tokens = [line.split()[0] for line in lines if line and not line.startswith("#")]
         if not tokens:
             raise ValueError(f"token file {token_file} contains no token; write the token on its first line")
         token = tokens[0]
@@ -311,6 +313,8 @@ class ClientBase:
         token: str | None = None,
         token_file: str | None = None,
         ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         connect_timeout: float = 10.0,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
@@ -320,7 +324,9 @@ class ClientBase:
         ``timeout`` bounds the wait for a response, in seconds, and a long
         poll gets its ``wait`` on top. ``ca_file`` names the PEM file of the
         certificate authorities that an ``https`` server's certificate must
-        chain to; without it the system's are used.
+        chain to; without it the system's are used. ``cert_file`` and
+        ``key_file`` name the PEM client certificate and key for servers that
+        require one.
         """
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -329,10 +335,21 @@ class ClientBase:
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.netloc = parts.netloc
         self.path = parts.path.rstrip("/") + API_PATH
         self.endpoint = f"{parts.scheme}://{parts.netloc}{self.path}"
         self.token = read_token(token, token_file)
         self.ca_file = ca_file
+        if key_file is not None and cert_file is None:
+            raise ValueError("key_file needs cert_file: give the client certificate too")
+        self.cert_file = cert_file
+        self.key_file = key_file
+        # Built once, so that a missing or bad CA or certificate file raises here.
+        self.ssl_context: ssl.SSLContext | None = None
+        if self.scheme == "https":
+            self.ssl_context = ssl.create_default_context(cafile=ca_file)
+            if cert_file is not None:
+                self.ssl_context.load_cert_chain(cert_file, key_file)
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()
@@ -382,15 +399,12 @@ class ClientBase:
 class PollerClient(ClientBase):
     """A blocking client of the poller job API; one connection per request, safe to share between threads."""
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.ca_file)
-
     def _send_once(self, call: ApiCall) -> Any:
         target, body, headers = self._prepare(call)
         connection: http.client.HTTPConnection
         if self.scheme == "https":
             connection = http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.connect_timeout, context=self._ssl_context()
+                self.host, self.port, timeout=self.connect_timeout, context=self.ssl_context
             )
         else:
             connection = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
@@ -539,13 +553,13 @@ class AsyncPollerClient(ClientBase):
 
         target, body, headers = self._prepare(call)
         request = HTTPRequest(
-            f"{self.scheme}://{self.host}:{self.port}{target}",
+            f"{self.scheme}://{self.netloc}{target}",
             method=call.method,
             body=body,
             headers=headers,
             connect_timeout=self.connect_timeout,
             request_timeout=self._request_timeout(call),
-            ca_certs=self.ca_file,
+            ssl_options=self.ssl_context,
             follow_redirects=False,
         )
         try:

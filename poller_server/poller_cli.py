@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import sys
 import unicodedata
 from typing import Any, Callable, TextIO
@@ -271,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file whose first line is the bearer token; env POLLER_TOKEN_FILE")
     common.add_argument("--ca-file", default=argparse.SUPPRESS,
                         help="PEM file of the CAs that an https server's certificate must chain to; env POLLER_CA_FILE")
+    common.add_argument("--cert-file", default=argparse.SUPPRESS,
+                        help="PEM client certificate, for servers that require one; env POLLER_CERT_FILE")
+    common.add_argument("--key-file", default=argparse.SUPPRESS,
+                        help="PEM key of --cert-file, unless that file contains it; env POLLER_KEY_FILE")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON instead of text, for scripts")
 
@@ -336,15 +341,19 @@ def make_client(args: argparse.Namespace, environ: dict[str, str]) -> PollerClie
     url = getattr(args, "url", None) or environ.get("POLLER_URL") or DEFAULT_URL
     token_file = getattr(args, "token_file", None) or environ.get("POLLER_TOKEN_FILE") or None
     ca_file = getattr(args, "ca_file", None) or environ.get("POLLER_CA_FILE") or None
+    cert_file = getattr(args, "cert_file", None) or environ.get("POLLER_CERT_FILE") or None
+    key_file = getattr(args, "key_file", None) or environ.get("POLLER_KEY_FILE") or None
     try:
         # A person is waiting, so retry briefly and then report the error.
-        return PollerClient(url, token_file=token_file, ca_file=ca_file, connect_timeout=5,
-                            retry=RetryPolicy(retries=2, max_delay=1.0))
+        return PollerClient(url, token_file=token_file, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                            connect_timeout=5, retry=RetryPolicy(retries=2, max_delay=1.0))
+    except ssl.SSLError as exc:
+        raise UsageError(f"invalid CA or certificate file: {exc}; check --ca-file, --cert-file and --key-file") from None
     except OSError as exc:
-        raise UsageError(f"cannot read token file {token_file}: {exc.strerror}; "
-                         "check --token-file or POLLER_TOKEN_FILE") from None
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}; check --token-file, --ca-file, "
+                         "--cert-file and --key-file and the matching POLLER_* variables") from None
     except ValueError as exc:
-        raise UsageError(f"{exc}; check --url, POLLER_URL or the token file") from None
+        raise UsageError(f"{exc}; check --url, POLLER_URL and the token file") from None
 
 
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None,

@@ -63,6 +63,8 @@ CONFIG_ENV_PREFIX = "POLLER_CONFIG_"
 # The server keeps at most 4096 characters of a failure reason.
 STDERR_TAIL_CHARS = 3000
 KILL_DELAY_SECONDS = 5.0
+# The shortest lease the server grants; used to hand a job back without the admin scope.
+MIN_LEASE_SECONDS = 1
 MAX_POLL_BACKOFF_SECONDS = 30.0
 # Errors after which polling again cannot help: the runner's own settings are wrong.
 FATAL_ERRORS = (BadRequest, Unauthorized, Forbidden, TLSFailed)
@@ -304,7 +306,7 @@ class Runner:
 
             if self._stopping.is_set():
                 # The poll was in flight when the stop came; hand the job back at once.
-                await self._requeue(job["job_id"], "the runner is stopping")
+                await self._release(job["job_id"], job["lease_id"], "the runner is stopping")
                 break
             self.jobs_taken += 1
             run = JobRun(job)
@@ -350,11 +352,11 @@ class Runner:
                              argv, exc)
                 self.fatal_error = exc
                 self.request_stop()
-                await self._requeue(job_id, "the command could not be started")
+                await self._release(job_id, run.lease_id, "the command could not be started")
                 return
 
             if run.aborted:
-                await self._requeue(job_id, "the runner stopped before the command ended")
+                await self._release(job_id, run.lease_id, "the runner stopped before the command ended")
                 logger.info("Job %d ended: requeued after %s in %.1f s", job_id, describe_exit(returncode),
                             time.monotonic() - started)
             elif run.lease_lost:
@@ -427,9 +429,23 @@ class Runner:
         else:
             logger.info("Job %d ended: %s in %.1f s (%s)", run.job_id, status, duration, reason.splitlines()[0])
 
-    async def _requeue(self, job_id: int, cause: str) -> None:
+    async def _release(self, job_id: int, lease_id: str, cause: str) -> None:
+        """Put a claimed job back to ``new`` so that another runner can take it."""
         try:
             await self.client.requeue(job_id)
+        except Forbidden as exc:
+            # Requeue needs the admin scope. A runner token without it can still
+            # cut its own lease short, and the server requeues the job when the
+            # lease expires (or fails it once it reached --max-attempts).
+            try:
+                await self.client.heartbeat(job_id, lease_id, MIN_LEASE_SECONDS)
+            except PollerClientError as heartbeat_error:
+                logger.error("Job %d: release failed (%s): %s, then %s; the job returns to new when its lease "
+                             "expires", job_id, cause, exc, heartbeat_error)
+                return
+            logger.warning("Job %d: requeue not allowed (%s); lease cut to %d s so that the job returns to new "
+                           "then (%s)", job_id, exc, MIN_LEASE_SECONDS, cause)
+            return
         except PollerClientError as exc:
             logger.error("Job %d: requeue failed (%s): %s; the job returns to new when its lease expires",
                          job_id, cause, exc)
@@ -470,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ca-file", default=os.environ.get("POLLER_CA_FILE"),
                         help="PEM file of the CAs that an https server's certificate must chain to; "
                         "env POLLER_CA_FILE")
+    parser.add_argument("--cert-file", default=os.environ.get("POLLER_CERT_FILE"),
+                        help="PEM client certificate, for servers that require one; env POLLER_CERT_FILE")
+    parser.add_argument("--key-file", default=os.environ.get("POLLER_KEY_FILE"),
+                        help="PEM key of --cert-file, unless that file contains it; env POLLER_KEY_FILE")
     parser.add_argument("--user", help="take only this user's jobs (default: everyone's)")
     parser.add_argument("--runner-name", default=f"{socket.gethostname()}-{os.getpid()}",
                         help="name recorded on each claimed job, 1 to 128 characters (default: HOST-PID)")
@@ -522,6 +542,7 @@ def parse_settings(argv: list[str] | None) -> tuple[argparse.Namespace, RunnerSe
 
 async def run_runner(args: argparse.Namespace, settings: RunnerSettings) -> int:
     client = AsyncPollerClient(args.url, token_file=args.token_file, ca_file=args.ca_file,
+                               cert_file=args.cert_file, key_file=args.key_file,
                                max_clients=2 * settings.concurrency + 2)
     try:
         return await Runner(client, settings).run()
@@ -536,8 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run_runner(args, settings))
     except (OSError, ValueError) as exc:
-        # Reading the token file or an invalid --url.
-        logger.error("Runner cannot start: %s", exc)
+        # An unreadable token, CA or certificate file, or an invalid --url.
+        logger.error("Runner cannot start: %s; check --url and the file options", exc)
         return 2
 
 

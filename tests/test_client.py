@@ -7,6 +7,7 @@ import socket
 import threading
 
 import pytest
+from test_tls import pki  # noqa: F401 (a fixture: a CA with server and client certificates)
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
@@ -26,6 +27,7 @@ from poller_server.client import (
     ResponseError,
     RetryPolicy,
     TimedOut,
+    TLSFailed,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -311,20 +313,31 @@ def test_server_errors_map_to_types(server_factory, make_client):
 def test_unavailable_carries_retry_after(server_factory, make_client):
     server = server_factory("--max-waiters", "1")
     client = make_client(server.url, retry=NO_RETRY)
-    holder = PollerClient(server.url)
-    waiting = threading.Thread(target=holder.next, kwargs={"wait": 1.5, "user": "nobody"})
-    waiting.start()
-    try:
-        for _ in range(100):
+    holder = PollerClient(server.url, retry=NO_RETRY)
+    done = threading.Event()
+
+    def hold_the_waiter_slot() -> None:
+        # Both sides poll in turn until the client finds the only slot taken.
+        while not done.is_set():
             try:
-                client.next(wait=0.2, user="nobody")
+                holder.next(wait=0.5, user="nobody")
+            except Unavailable:
+                pass
+
+    holding = threading.Thread(target=hold_the_waiter_slot)
+    holding.start()
+    caught = None
+    try:
+        for _ in range(200):
+            try:
+                client.next(wait=0.1, user="nobody")
             except Unavailable as error:
                 caught = error
                 break
-        else:
-            pytest.fail("the second waiting request was never answered 503")
     finally:
-        waiting.join()
+        done.set()
+        holding.join()
+    assert caught is not None, "no waiting request was answered 503"
     assert caught.status == 503
     assert caught.retry_after == 1
     assert "--max-waiters" in caught.message
@@ -462,7 +475,8 @@ def test_retry_across_server_restart(server_factory, make_client):
 
 def test_bearer_token_sent(mock, make_client, tmp_path):
     token_file = tmp_path / "token"
-    token_file.write_text("# runner token\n\nfile-token-123\n", encoding="utf-8")
+    # A line in the server's token file format works: the first word is the token.
+    token_file.write_text("# runner token\n\nfile-token-123  read,run  runner-1\n", encoding="utf-8")
 
     make_client(mock.url, token="direct-token-456").get(1)
     make_client(mock.url, token_file=str(token_file)).list_jobs()
@@ -471,6 +485,71 @@ def test_bearer_token_sent(mock, make_client, tmp_path):
     assert mock.requests[0]["headers"]["Authorization"] == "Bearer direct-token-456"
     assert mock.requests[1]["headers"]["Authorization"] == "Bearer file-token-123"
     assert "Authorization" not in mock.requests[2]["headers"]
+
+
+TOKENS = {
+    "read": "read-token-0123456789abcdef",
+    "submit": "submit-token-0123456789abcdef",
+}
+
+
+def write_server_tokens(path):
+    lines = [f"{token}  {scope}  {scope}-client\n" for scope, token in TOKENS.items()]
+    path.write_text("".join(lines), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def test_token_errors_from_real_server(server_factory, make_client, tmp_path):
+    tokens = write_server_tokens(tmp_path / "tokens")
+    server = server_factory("--token-file", str(tokens))
+
+    anonymous = make_client(server.url, retry=NO_RETRY)
+    reader = make_client(server.url, token=TOKENS["read"], retry=NO_RETRY)
+    submitter = make_client(server.url, token=TOKENS["submit"], retry=NO_RETRY)
+
+    with pytest.raises(Unauthorized) as missing:
+        anonymous.list_jobs()
+    with pytest.raises(Forbidden) as not_allowed:
+        reader.create("jdoe", {"n": 1})
+    created = submitter.create("jdoe", {"n": 1})
+    assert missing.value.status == 401
+    assert not_allowed.value.status == 403
+    assert "submit" in not_allowed.value.message
+    assert reader.get(created["job_id"])["user"] == "jdoe"
+
+
+def test_tls_with_ca_file(server_factory, make_client, pki):  # noqa: F811
+    server = server_factory("--certfile", str(pki["server"]), "--keyfile", str(pki["server-key"]))
+    assert server.url.startswith("https://")
+
+    trusting = make_client(server.url, ca_file=str(pki["ca"]))
+    untrusting = make_client(server.url, retry=NO_RETRY)
+
+    created = trusting.create("jdoe", {"casename": "secure"})
+    assert trusting.get(created["job_id"])["casename"] == "secure"
+    with pytest.raises(TLSFailed):
+        untrusting.list_jobs()
+
+
+def test_tls_client_certificate(server_factory, make_client, pki):  # noqa: F811
+    server = server_factory("--certfile", str(pki["server"]), "--keyfile", str(pki["server-key"]),
+                            "--ca-file", str(pki["ca"]))
+
+    with_certificate = make_client(server.url, ca_file=str(pki["ca"]), cert_file=str(pki["client"]),
+                                   key_file=str(pki["client-key"]))
+    without_certificate = make_client(server.url, ca_file=str(pki["ca"]), retry=NO_RETRY)
+
+    assert with_certificate.list_jobs() == []
+    # TLS 1.3 reports a missing client certificate after the handshake, so
+    # the client sees either a TLS error or a broken connection.
+    with pytest.raises((TLSFailed, ConnectionFailed)):
+        without_certificate.list_jobs()
+
+
+def test_missing_ca_file_rejected(tmp_path):
+    with pytest.raises(OSError):
+        PollerClient("https://127.0.0.1:8443", ca_file=str(tmp_path / "absent.pem"))
 
 
 def test_empty_token_file_rejected(tmp_path):

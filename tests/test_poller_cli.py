@@ -281,7 +281,8 @@ def test_url_option_beats_environment(poller, server):
 def test_missing_token_file_exit_2(poller, tmp_path):
     result = poller("--token-file", str(tmp_path / "absent"), "list")
     assert result.code == 2
-    assert "cannot read token file" in result.err
+    assert f"cannot read {tmp_path / 'absent'}" in result.err
+    assert "--token-file" in result.err
 
 
 def test_no_subcommand_is_usage_error(poller):
@@ -301,3 +302,30 @@ def test_console_entry_point(server):
     assert json.loads(listed.stdout)[0]["casename"] == "cli"
     assert usage.returncode == 2
     assert "invalid choice" in usage.stderr
+
+
+def test_token_file_and_auth_errors(server_factory, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader-token-0123456789  read  reader\n", encoding="utf-8")
+    tokens.chmod(0o600)
+    server = server_factory("--token-file", str(tokens))
+    env = {"POLLER_URL": server.url}
+    token_env = {**env, "POLLER_TOKEN_FILE": str(tokens)}
+
+    def poller(*argv: str, environ: dict) -> Result:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), environ=environ, out=out, err=err)
+        return Result(code, out.getvalue(), err.getvalue())
+
+    anonymous = poller("list", environ=env)
+    reading = poller("list", environ=token_env)
+    submitting = poller("submit", "--user", "jdoe", "casename=x", environ=token_env)
+
+    assert anonymous.code == 1, anonymous
+    assert "HTTP 401" in anonymous.err
+    assert "--token-file" in anonymous.err
+    assert reading.code == 0, reading
+    assert reading.out == "No jobs.\n"
+    assert submitting.code == 1, submitting
+    assert "HTTP 403" in submitting.err
+    assert "not allowed" in submitting.err

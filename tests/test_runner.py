@@ -264,7 +264,9 @@ def test_sigterm_lets_running_job_finish(server_factory, start_runner, tmp_path)
     second = client.create("jdoe", {"casename": "waiting"})
     gate = tmp_path / "gate"
     runner = start_runner(server.url, ["--wait", "1", "--grace", "30"], python(RUN_UNTIL_FILE, str(gate)))
-    assert wait_for(lambda: job_status(client, first["job_id"], "in_progress"), 15), runner.log
+    # Wait for the command, not only the claim: a job whose claim reaches the
+    # runner after the signal is requeued instead of run.
+    assert wait_for(lambda: f"Job {first['job_id']} started" in runner.log, 15), runner.log
 
     runner.proc.send_signal(signal.SIGTERM)
     assert wait_for(lambda: "taking no more jobs" in runner.log, 10), runner.log
@@ -282,7 +284,7 @@ def test_sigterm_after_grace_requeues_job(server_factory, start_runner, tmp_path
     job = client.create("jdoe", {"casename": "stuck"})
     runner = start_runner(server.url, ["--wait", "1", "--grace", "0.5"],
                           python(RUN_UNTIL_FILE, str(tmp_path / "never")))
-    assert wait_for(lambda: job_status(client, job["job_id"], "in_progress"), 15), runner.log
+    assert wait_for(lambda: f"Job {job['job_id']} started" in runner.log, 15), runner.log
 
     runner.proc.send_signal(signal.SIGTERM)
 
@@ -316,3 +318,49 @@ def test_runner_uses_poller_url(server_factory, start_runner, tmp_path):
     assert result.returncode == 0, result.stderr
     assert client.get(job["job_id"])["status"] == "complete"
     assert json.loads(output.read_text(encoding="utf-8"))["casename"] == "env"
+
+
+def write_tokens(path, tokens: dict) -> str:
+    path.write_text("".join(f"{token}  {scopes}  {scopes.replace(',', '-')}\n" for scopes, token in tokens.items()),
+                    encoding="utf-8")
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_runner_with_token(server_factory, start_runner, tmp_path):
+    tokens = {"read,submit": "operator-token-0123456789", "run": "runner-token-0123456789"}
+    server = server_factory("--token-file", write_tokens(tmp_path / "server-tokens", tokens))
+    client = PollerClient(server.url, token=tokens["read,submit"])
+    job = client.create("jdoe", {"casename": "secure"})
+    runner_token = tmp_path / "runner-token"
+    runner_token.write_text(tokens["run"] + "\n", encoding="utf-8")
+
+    anonymous = start_runner(server.url, ["--once", "--wait", "1"], ["true"], name="anonymous")
+    assert anonymous.wait() == 1, anonymous.log
+    assert "cannot take jobs" in anonymous.log
+    authorized = start_runner(server.url, ["--once", "--wait", "1", "--token-file", str(runner_token)], ["true"],
+                              name="authorized")
+
+    assert authorized.wait() == 0, authorized.log
+    assert client.get(job["job_id"])["status"] == "complete"
+    assert client.get(job["job_id"])["runner"] == "authorized"
+
+
+def test_sigterm_without_admin_scope_releases_lease(server_factory, start_runner, tmp_path):
+    tokens = {"read,submit": "operator-token-0123456789", "run": "runner-token-0123456789"}
+    server = server_factory("--token-file", write_tokens(tmp_path / "server-tokens", tokens))
+    client = PollerClient(server.url, token=tokens["read,submit"])
+    job = client.create("jdoe", {"casename": "held"})
+    runner_token = tmp_path / "runner-token"
+    runner_token.write_text(tokens["run"] + "\n", encoding="utf-8")
+    runner = start_runner(server.url, ["--wait", "1", "--grace", "0.2", "--token-file", str(runner_token)],
+                          python(RUN_UNTIL_FILE, str(tmp_path / "never")))
+    assert wait_for(lambda: f"Job {job['job_id']} started" in runner.log, 15), runner.log
+
+    runner.proc.send_signal(signal.SIGTERM)
+
+    assert runner.wait(30) == 0, runner.log
+    assert "requeue not allowed" in runner.log
+    # The runner claims with a 300 s lease by default, so the job is back this soon only
+    # because the runner cut the lease to 1 s.
+    assert wait_for(lambda: job_status(client, job["job_id"], "new"), 10), client.get(job["job_id"])
