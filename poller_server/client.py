@@ -18,8 +18,12 @@ header asks. A create is retried only when the caller passes
 ``retry=True``, because a create whose response was lost may have been made,
 and repeating it makes a second job. Other requests are safe to repeat: a
 status move to the status a job already has, a requeue of a ``new`` job and
-a heartbeat change nothing the second time. A retried delete whose first
-attempt did reach the server raises :class:`NotFound`.
+a heartbeat change nothing the second time. A status move with a
+``lease_id`` is the exception: the server rejects the repeat with 409
+because the lease ended with the first move, so after a retry the client
+reads the job and returns it if it already has the requested status. A
+retried delete whose first attempt did reach the server raises
+:class:`NotFound`.
 """
 
 from __future__ import annotations
@@ -187,6 +191,8 @@ class ApiCall:
     retry: bool = True
     # Seconds the server may hold the request on purpose (a long poll); added to the time-out.
     hold: float = 0.0
+    # Requests sent so far, retries included.
+    attempts: int = 0
 
     @property
     def request_type(self) -> str:
@@ -433,13 +439,12 @@ class PollerClient(ClientBase):
         return self._read(call, response.status, response.reason, data, response.getheader("Retry-After"))
 
     def _perform(self, call: ApiCall) -> Any:
-        attempt = 0
         while True:
-            attempt += 1
+            call.attempts += 1
             try:
                 return self._send_once(call)
             except PollerClientError as error:
-                delay = self._retry_delay(call, attempt, error)
+                delay = self._retry_delay(call, call.attempts, error)
                 if delay is None:
                     raise
             time.sleep(delay)
@@ -486,7 +491,16 @@ class PollerClient(ClientBase):
         self, job_id: int, status: str, *, lease_id: str | None = None, reason: str | None = None
     ) -> Job:
         """Move a job to ``in_progress``, ``complete`` or ``failed``; return it."""
-        return self._perform(move_call(job_id, status, lease_id, reason))
+        call = move_call(job_id, status, lease_id, reason)
+        try:
+            return self._perform(call)
+        except Conflict:
+            if call.attempts == 1:
+                raise
+            job = self.get(job_id)
+            if job is None or job["status"] != status:
+                raise
+            return job
 
     def complete(self, job_id: int, lease_id: str | None = None) -> Job:
         """Mark a job complete; with ``lease_id``, only while that lease is current."""
@@ -578,13 +592,12 @@ class AsyncPollerClient(ClientBase):
         return self._read(call, response.code, response.reason, response.body or b"", response.headers.get("Retry-After"))
 
     async def _perform(self, call: ApiCall) -> Any:
-        attempt = 0
         while True:
-            attempt += 1
+            call.attempts += 1
             try:
                 return await self._send_once(call)
             except PollerClientError as error:
-                delay = self._retry_delay(call, attempt, error)
+                delay = self._retry_delay(call, call.attempts, error)
                 if delay is None:
                     raise
             await asyncio.sleep(delay)
@@ -615,7 +628,16 @@ class AsyncPollerClient(ClientBase):
     async def set_status(
         self, job_id: int, status: str, *, lease_id: str | None = None, reason: str | None = None
     ) -> Job:
-        return await self._perform(move_call(job_id, status, lease_id, reason))
+        call = move_call(job_id, status, lease_id, reason)
+        try:
+            return await self._perform(call)
+        except Conflict:
+            if call.attempts == 1:
+                raise
+            job = await self.get(job_id)
+            if job is None or job["status"] != status:
+                raise
+            return job
 
     async def complete(self, job_id: int, lease_id: str | None = None) -> Job:
         return await self.set_status(job_id, "complete", lease_id=lease_id)

@@ -25,8 +25,10 @@ A value that is not a string is passed as its JSON text (``240``, ``true``).
 On SIGTERM or SIGINT the runner takes no more jobs, gives running commands
 ``--grace`` seconds to end, then sends them SIGTERM (SIGKILL
 ``KILL_DELAY_SECONDS`` later) and puts their jobs back to ``new``. A second
-signal cuts the grace short. A poll already in flight is let finish, so stopping
-can take up to ``--wait`` seconds more; a job it brings is requeued at once.
+signal cuts the grace short. A poll already in flight is let finish, because
+cancelling it could strand a job that the server claimed for it. Stopping can
+therefore take up to ``--wait`` seconds more, plus the client's retry back-off
+while the server is unreachable. A job that such a poll brings is requeued at once.
 """
 
 from __future__ import annotations
@@ -500,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds running commands get to end after SIGTERM before they are stopped and "
                         "their jobs requeued (default: %(default)s)")
     parser.add_argument("--wait", type=seconds, default=20.0,
-                        help="seconds each poll waits for a job; at most the server's --max-wait "
-                        "(default: %(default)s)")
+                        help="seconds each poll waits for a job, at most the server's --max-wait; a stop "
+                        "lets the poll in flight finish first (default: %(default)s)")
     parser.add_argument("--lease", type=float, default=300.0,
                         help="lease of each claimed job, in seconds; a job whose runner stops heartbeating "
                         "goes back to new after it (default: %(default)s)")

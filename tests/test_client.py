@@ -432,6 +432,29 @@ def test_create_not_retried_unless_allowed(mock, make_client):
     assert len(mock.requests) == 3
 
 
+def test_retried_move_already_done_returns_job(mock, make_client):
+    # The first attempt's response is lost (simulated by a 503), the retry
+    # meets a lease that the first attempt already ended.
+    mock.answer(503, {"error": "busy"})
+    mock.answer(409, {"error": "job 1 is complete; the lease is no longer valid"})
+    mock.answer(200, {"job_id": 1, "status": "complete"})
+    client = make_client(mock.url, retry=RetryPolicy(retries=3, base_delay=0.01))
+
+    job = client.complete(1, "lease-1")
+
+    assert job == {"job_id": 1, "status": "complete"}
+    assert len(mock.requests) == 3
+    assert "request=job" in mock.requests[2]["uri"]
+
+
+def test_first_move_conflict_raises(mock, make_client):
+    mock.answer(409, {"error": "job 1 is complete; it cannot move to failed"})
+    client = make_client(mock.url, retry=RetryPolicy(retries=3, base_delay=0.01))
+    with pytest.raises(Conflict):
+        client.fail(1, "lease-1", reason="late")
+    assert len(mock.requests) == 1
+
+
 def test_retry_delay_honours_retry_after():
     policy = RetryPolicy(base_delay=0.1, max_delay=0.4, rng=random.Random(1))
     busy = Unavailable("busy", 503, retry_after=5)
