@@ -6,6 +6,7 @@ Errors are raised as :class:`~poller_server.errors.PollerError` and turned
 into ``{"error": ...}`` answers in one place, :meth:`BaseHandler.write_error`.
 """
 
+import asyncio
 import logging
 import math
 import re
@@ -358,6 +359,10 @@ class PollerHandler(BaseHandler):
                 except StreamClosedError:
                     logger.info("Client went away during a listing of %d jobs", len(ids))
                     return
+                # flush() returns a finished future when the socket took the whole
+                # chunk, and awaiting that does not yield; sleep(0) lets other
+                # requests run between chunks.
+                await asyncio.sleep(0)
         self.write(b"]" if separator == b"," else b"[]")
 
     # -- next ----------------------------------------------------------------------
