@@ -30,10 +30,13 @@ def run(context: BenchContext) -> ScenarioResult:
     p99: dict[str, list[float]] = {name: [] for name in ("bare", *POLICIES)}
     fsync_rates: dict[str, list[float]] = {policy: [] for policy in POLICIES}
     records_per_fsync: dict[str, list[float]] = {policy: [] for policy in POLICIES}
+    cpu_per_request: dict[str, list[float]] = {name: [] for name in ("bare", *POLICIES)}
 
     with BareServer() as bare:
         for round_index in range(sizes.rounds):
+            cpu_before = bare.cpu_seconds()
             load = run_load(bare.port, requests, sizes.connections, sizes.load_seconds, context.use_wrk)
+            cpu_per_request["bare"].append(1e6 * (bare.cpu_seconds() - cpu_before) / max(1, load.requests))
             rates["bare"].append(load.requests_per_second)
             p99["bare"].append(load.p99_ms)
             for policy in POLICIES:
@@ -41,7 +44,9 @@ def run(context: BenchContext) -> ScenarioResult:
                 data_dir = context.folder("create") / f"{policy}-{round_index}"
                 with PollerServer(data_dir, fsync=policy, counters=True) as poller:
                     fsyncs_before, records_before = read_counters(poller)
+                    cpu_before = poller.cpu_seconds()
                     load = run_load(poller.port, requests, sizes.connections, sizes.load_seconds, context.use_wrk)
+                    cpu_per_request[policy].append(1e6 * (poller.cpu_seconds() - cpu_before) / max(1, load.requests))
                     fsyncs, records = read_counters(poller)
                 if load.errors:
                     result.notes.append(f"fsync {policy} round {round_index + 1}: {load.errors} failed requests")
@@ -58,9 +63,11 @@ def run(context: BenchContext) -> ScenarioResult:
 
     result.metrics["bare_post_rps"] = summarize(rates["bare"], "req/s")
     result.metrics["bare_post_p99_ms"] = summarize(p99["bare"], "ms")
+    result.metrics["bare_post_server_cpu_us_per_request"] = summarize(cpu_per_request["bare"], "µs")
     for policy in POLICIES:
         result.metrics[f"{policy}_rps"] = summarize(rates[policy], "req/s")
         result.metrics[f"{policy}_p99_ms"] = summarize(p99[policy], "ms")
+        result.metrics[f"{policy}_server_cpu_us_per_request"] = summarize(cpu_per_request[policy], "µs")
         result.metrics[f"{policy}_vs_bare"] = summarize(ratios(rates[policy], rates["bare"]), "ratio")
         result.metrics[f"{policy}_fsyncs_per_s"] = summarize(fsync_rates[policy], "fsync/s")
         result.metrics[f"{policy}_records_per_fsync"] = summarize(records_per_fsync[policy], "records")

@@ -3,7 +3,9 @@
 The poller runs at ``--fsync always``: a runner long-polls ``next`` with a
 claim, then posts ``complete`` with its lease. beanstalkd (``-f 0``) gets the
 same client concurrency and payloads as put, reserve-with-timeout and delete.
-Latency runs from sending the create (or put) to receiving the claim (or
+Server CPU per job (user plus system time of the server process, divided by
+the jobs of the round) shows whether a server was busy or waiting. Latency
+runs from sending the create (or put) to receiving the claim (or
 reservation), so it is never negative even when the claim's response
 overtakes the create's.
 """
@@ -179,6 +181,7 @@ def run(context: BenchContext) -> ScenarioResult:
     throughput = {(s, n): [] for s in systems for n in sizes.runner_counts}
     p50 = {(s, n): [] for s in systems for n in sizes.runner_counts}
     p99 = {(s, n): [] for s in systems for n in sizes.runner_counts}
+    cpu_per_job = {(s, n): [] for s in systems for n in sizes.runner_counts}
 
     poller = PollerServer(context.folder("lifecycle") / "data", fsync="always", max_waiters=1000)
     beanstalkd = Beanstalkd(context.folder("lifecycle") / "binlog") if have_beanstalkd else None
@@ -188,12 +191,17 @@ def run(context: BenchContext) -> ScenarioResult:
         try:
             for round_index in range(sizes.lifecycle_rounds):
                 for runners in sizes.runner_counts:
+                    cpu_before = poller.cpu_seconds()
                     records = {"poller": asyncio.run(
                         poller_round(poller.port, bodies, sizes.lifecycle_jobs, sizes.submitters, runners))}
+                    cpu_used = {"poller": poller.cpu_seconds() - cpu_before}
                     if beanstalkd is not None:
+                        cpu_before = beanstalkd.cpu_seconds()
                         records["beanstalkd"] = asyncio.run(
                             beanstalkd_round(beanstalkd.port, payloads, sizes.lifecycle_jobs, sizes.submitters, runners))
+                        cpu_used["beanstalkd"] = beanstalkd.cpu_seconds() - cpu_before
                     for system, record in records.items():
+                        cpu_per_job[system, runners].append(1e6 * cpu_used[system] / record.jobs)
                         latencies = record.latencies_ms()
                         throughput[system, runners].append(record.jobs_per_second())
                         p50[system, runners].append(percentile(latencies, 0.50))
@@ -212,11 +220,13 @@ def run(context: BenchContext) -> ScenarioResult:
             result.metrics[f"{system}_n{runners}_jobs_per_s"] = summarize(throughput[system, runners], "jobs/s")
             result.metrics[f"{system}_n{runners}_claim_p50_ms"] = summarize(p50[system, runners], "ms")
             result.metrics[f"{system}_n{runners}_claim_p99_ms"] = summarize(p99[system, runners], "ms")
+            result.metrics[f"{system}_n{runners}_server_cpu_us_per_job"] = summarize(
+                cpu_per_job[system, runners], "µs")
         if have_beanstalkd:
             result.metrics[f"n{runners}_poller_vs_beanstalkd"] = summarize(
                 ratios(throughput["poller", runners], throughput["beanstalkd", runners]), "ratio")
     for runners in (8, 64):
-        if runners in sizes.runner_counts:
+        if have_beanstalkd and runners in sizes.runner_counts:
             result.targets.append(Target(f"ahead of beanstalkd at N = {runners}",
                                          f"n{runners}_poller_vs_beanstalkd", 1.0, "above"))
     return result

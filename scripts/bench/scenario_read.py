@@ -30,16 +30,19 @@ def run(context: BenchContext) -> ScenarioResult:
     }
     rounds: dict[str, list[float]] = {name: [] for name in plans}
     p99: dict[str, list[float]] = {name: [] for name in plans}
+    cpu_per_request: dict[str, list[float]] = {name: [] for name in plans}
 
     with PollerServer(data_dir) as poller, BareServer() as bare:
         context.log(f"read: {sizes.read_jobs} jobs recovered in {poller.ready_seconds:.1f} s")
-        ports = {"bare_get": bare.port, "poller_job": poller.port, "poller_next": poller.port}
+        servers = {"bare_get": bare, "poller_job": poller, "poller_next": poller}
         if sizes.warmup_seconds:
             for name, requests in plans.items():
-                run_load(ports[name], requests, sizes.connections, sizes.warmup_seconds, context.use_wrk)
+                run_load(servers[name].port, requests, sizes.connections, sizes.warmup_seconds, context.use_wrk)
         for round_index in range(sizes.rounds):
             for name, requests in plans.items():
-                load = run_load(ports[name], requests, sizes.connections, sizes.load_seconds, context.use_wrk)
+                cpu_before = servers[name].cpu_seconds()
+                load = run_load(servers[name].port, requests, sizes.connections, sizes.load_seconds, context.use_wrk)
+                cpu_per_request[name].append(1e6 * (servers[name].cpu_seconds() - cpu_before) / max(1, load.requests))
                 if load.errors:
                     result.notes.append(f"{name} round {round_index + 1}: {load.errors} failed requests")
                 rounds[name].append(load.requests_per_second)
@@ -52,6 +55,7 @@ def run(context: BenchContext) -> ScenarioResult:
     for name in plans:
         result.metrics[f"{name}_rps"] = summarize(rounds[name], "req/s")
         result.metrics[f"{name}_p99_ms"] = summarize(p99[name], "ms")
+        result.metrics[f"{name}_server_cpu_us_per_request"] = summarize(cpu_per_request[name], "µs")
     result.metrics["job_vs_bare"] = summarize(ratios(rounds["poller_job"], rounds["bare_get"]), "ratio")
     result.metrics["next_vs_bare"] = summarize(ratios(rounds["poller_next"], rounds["bare_get"]), "ratio")
     result.targets = [

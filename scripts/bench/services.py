@@ -56,6 +56,14 @@ def rss_bytes(pid: int) -> int:
     raise ServiceError(f"process {pid} has no VmRSS line")
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU time that process ``pid`` has used, all threads included."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        # The command name in brackets may contain spaces; the fields after it do not.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Service:
     """A child process listening on ``port``; its stderr lines are kept in ``lines``."""
 
@@ -116,6 +124,9 @@ class Service:
     def rss(self) -> int:
         return rss_bytes(self.pid)
 
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
@@ -168,6 +179,8 @@ class PollerServer(Service):
         return entry + [
             "--host", HOST, "--port", str(self.port), "--data-dir", str(self.data_dir),
             "--fsync", self.fsync, "--max-waiters", str(self.max_waiters),
+            # Every waiter holds a connection, and the benchmark's own clients need a few more.
+            "--max-connections", str(self.max_waiters + 256),
             "--snapshot-interval", "0", "--snapshot-every", "0", "--log-level", self.log_level,
         ]
 
