@@ -16,6 +16,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-tornado>=0.8.1", "cryptography>=41"],
+        # scripts/poller-bench needs only the standard library, wrk and beanstalkd
+        # (Debian packages); py-spy samples the servers it starts when profiling.
+        "bench": ["py-spy>=0.3.14"],
     },
     entry_points={
         "console_scripts": [
