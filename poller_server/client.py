@@ -13,8 +13,8 @@ server's message. A server that cannot be reached, or does not respond in
 time, raises :class:`ConnectionFailed`.
 
 Connection failures, time-outs and 503 responses are retried with exponential
-back-off and full jitter, waiting at least as long as a ``Retry-After``
-header asks. A create is retried only when the caller passes
+back-off and full jitter, waiting at least the seconds that a
+``Retry-After`` header gives. A create is retried only when the caller passes
 ``retry=True``, because a create whose response was lost may have been made,
 and repeating it makes a second job. Other requests are safe to repeat: a
 status move to the status a job already has, a requeue of a ``new`` job and

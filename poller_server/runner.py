@@ -10,10 +10,12 @@ and the end of the command's standard error as the reason.
 The command receives the job three ways:
 
 - arguments: ``{job_id}``, ``{user}``, ``{job_file}`` and ``{KEY}`` for a
-  configuration field ``KEY`` are replaced inside each argument, and each
-  argument stays one argument whatever the value contains; ``{{`` and ``}}``
-  stand for literal braces;
-- a JSON file holding the job (without its lease id), named by
+  configuration field ``KEY`` are replaced inside each argument. Each
+  argument stays one argument whatever the value contains. ``{{`` and ``}}``
+  stand for literal braces, and braces around anything but a name (letters,
+  digits, ``_``) are left as they are, so that code such as ``{'a': 1}``
+  passes unchanged;
+- a JSON file containing the job (without its lease id), named by
   ``POLLER_JOB_FILE`` and removed when the command ends;
 - environment variables ``POLLER_JOB_ID``, ``POLLER_USER``,
   ``POLLER_JOB_FILE``, and ``POLLER_CONFIG_<KEY>`` per configuration field,
@@ -481,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         "POLLER_JOB_ID, POLLER_USER, POLLER_JOB_FILE and POLLER_CONFIG_<KEY> in its environment. "
         "Exit status 0 reports the job complete, anything else failed.",
     )
+
     parser.add_argument("--url", default=os.environ.get("POLLER_URL", "http://127.0.0.1:8080"),
                         help="base URL of the poller server; env POLLER_URL (default: %(default)s)")
     parser.add_argument("--token-file", default=os.environ.get("POLLER_TOKEN_FILE"),
@@ -492,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PEM client certificate, for servers that require one; env POLLER_CERT_FILE")
     parser.add_argument("--key-file", default=os.environ.get("POLLER_KEY_FILE"),
                         help="PEM key of --cert-file, unless that file contains it; env POLLER_KEY_FILE")
+
     parser.add_argument("--user", help="take only this user's jobs (default: everyone's)")
     parser.add_argument("--runner-name", default=f"{socket.gethostname()}-{os.getpid()}",
                         help="name recorded on each claimed job, 1 to 128 characters (default: HOST-PID)")
@@ -509,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "goes back to new after it (default: %(default)s)")
     parser.add_argument("--heartbeat", type=float,
                         help="seconds between lease extensions (default: a third of --lease)")
+
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="log level (default: %(default)s)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments, after --")

@@ -143,13 +143,13 @@ def test_list_bad_status_is_usage_error(poller):
 def test_show_job_and_missing(poller, client):
     client.create("jdoe", {"casename": "shown"})
 
-    shown = poller("show", "1")
+    text = poller("show", "1")
     as_json = poller("show", "1", "--json")
     missing = poller("show", "9")
     bad_id = poller("show", "abc")
 
-    assert shown.code == 0
-    assert "casename  shown" in shown.out
+    assert text.code == 0
+    assert "casename  shown" in text.out
     assert json.loads(as_json.out)["casename"] == "shown"
     assert missing.code == 1
     assert "job 9 not found" in missing.err
