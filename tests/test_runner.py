@@ -364,3 +364,25 @@ def test_sigterm_without_admin_scope_releases_lease(server_factory, start_runner
     # The runner claims with a 300 s lease by default, so the job is back this soon only
     # because the runner cut the lease to 1 s.
     assert wait_for(lambda: job_status(client, job["job_id"], "new"), 10), client.get(job["job_id"])
+
+
+def test_example_runner_script(server_factory, tmp_path):
+    server = server_factory()
+    client = PollerClient(server.url)
+    good = client.create("jdoe", {"casename": "good"})
+    bad = client.create("jdoe", {"casename": "bad"})
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "example_runner.py")
+    command = ("import json, sys; job = json.load(sys.stdin); sys.stderr.write('checked\\n'); "
+               "sys.exit(0 if job['casename'] == 'good' else 5)")
+    log = open(tmp_path / "example.log", "w", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, script, server.url, sys.executable, "-c", command],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        finished = wait_for(lambda: job_status(client, bad["job_id"], "failed"), 20)
+        assert finished, (tmp_path / "example.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+    assert client.get(good["job_id"])["status"] == "complete"
+    assert client.get(bad["job_id"])["reason"].startswith("exit status 5: checked")
