@@ -9,7 +9,7 @@ import asyncio
 
 
 class BeanstalkError(Exception):
-    """beanstalkd answered with an error line or closed the connection."""
+    """beanstalkd replied with an error line or closed the connection."""
 
 
 class BeanstalkConnection:

@@ -1,4 +1,4 @@
-"""What every scenario gets: sizes for the mode, a temporary folder, inputs, and a result."""
+"""The inputs every scenario gets (sizes for the mode, a temporary folder, data) and its result."""
 
 import sys
 import time

@@ -1,8 +1,8 @@
 """Input data: real run configurations, and data directories built on disk.
 
 The run configurations (``e3sm-runs.json``) and the legacy dump
-(``legacy-userruns-dump.json``) live in ``../shared/data`` next to the
-repository; ``--data`` points elsewhere.
+(``legacy-userruns-dump.json``) are read from ``DEFAULT_DATA_DIR``, a folder
+beside the repository, unless ``--data`` names another.
 
 A large store is built by writing a snapshot file and a journal segment
 directly, which takes seconds where creating a million jobs over HTTP would

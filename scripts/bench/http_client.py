@@ -1,8 +1,8 @@
 """A minimal HTTP/1.1 keep-alive client on asyncio streams.
 
 The benchmark needs thousands of concurrent connections and timestamps taken
-the moment a response is complete, with little client overhead; a general
-client adds pooling and queueing that would sit inside the measurement.
+the moment a response is complete, with little client overhead. A general
+client adds pooling and queueing, which would sit inside the measurement.
 Responses may use Content-Length or chunked transfer encoding.
 """
 
@@ -85,7 +85,7 @@ class HttpConnection:
 
 
 async def open_connections(host: str, port: int, count: int, batch: int = 200) -> list[HttpConnection]:
-    """Open ``count`` connections, ``batch`` at a time so the listen backlog never overflows."""
+    """Open ``count`` connections, ``batch`` at a time, to stay within the server's listen backlog (128 in Tornado)."""
     connections: list[HttpConnection] = []
     for start in range(0, count, batch):
         size = min(batch, count - start)

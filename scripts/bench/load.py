@@ -59,7 +59,7 @@ LATENCY_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def lua_long_string(text: str) -> str:
-    """Quote ``text`` as a Lua long string whose level no line inside it can close."""
+    """Quote ``text`` as a Lua long string whose closing bracket does not occur in ``text``."""
     level = 0
     while "]" + "=" * level + "]" in text:
         level += 1

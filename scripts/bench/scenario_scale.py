@@ -1,9 +1,9 @@
 """``scale``: a million legacy-shaped jobs: memory, recovery, snapshot stall, a large listing.
 
-While the server writes a snapshot (SIGUSR1) or answers a listing of
+While the server writes a snapshot (SIGUSR1) or sends a listing of
 100,000 jobs, a second client sends ``GET job`` about every millisecond and
-records each request's latency; the longest one is the event-loop stall the
-other clients of the server would see. The listing is fetched by a child
+records each request's latency. The longest of these is the event-loop stall
+that other clients of the server would see. The listing is fetched by a child
 process, so reading its 40 MB body does not delay the measuring client.
 """
 

@@ -179,7 +179,7 @@ class PollerServer(Service):
         return entry + [
             "--host", HOST, "--port", str(self.port), "--data-dir", str(self.data_dir),
             "--fsync", self.fsync, "--max-waiters", str(self.max_waiters),
-            # Every waiter holds a connection, and the benchmark's own clients need a few more.
+            # Every waiter keeps a connection open, and the benchmark's own clients need a few more.
             "--max-connections", str(self.max_waiters + 256),
             "--snapshot-interval", "0", "--snapshot-every", "0", "--log-level", self.log_level,
         ]
