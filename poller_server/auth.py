@@ -212,18 +212,22 @@ def check_scope(token: Token, scope: str) -> None:
         raise Forbidden(f"token {token.name!r} lacks the scope {scope!r} that this request needs", scope)
 
 
-def required_scope(method: str, request_type: str, claim: bool = False) -> str:
+def required_scope(method: str, request_type: str, claim: bool = False, leased: bool = False) -> str:
     """Return the scope a job API request needs.
 
     GET requests read (``read``) unless they claim a job (``run``). POST
     ``new`` creates a job (``submit``). Heartbeats and per-job status moves
     belong to the runner that claimed the job (``run``). Bulk ``all``,
-    ``delete`` and ``requeue`` are operator actions (``admin``).
+    ``delete`` and ``requeue`` are operator actions (``admin``), except a
+    requeue that carries the job's lease (``leased``): that is the runner
+    giving back its own job, so ``run`` is enough.
     """
     if method == "GET":
         return RUN if request_type == "next" and claim else READ
     if request_type == "new":
         return SUBMIT
+    if request_type == "requeue" and leased:
+        return RUN
     if request_type in ("all", "delete", "requeue"):
         return ADMIN
     return RUN

@@ -17,12 +17,9 @@ back-off and full jitter, waiting at least the seconds that a
 ``Retry-After`` header gives. A create is retried only when the caller passes
 ``retry=True``, because a create whose response was lost may have been made,
 and repeating it makes a second job. Other requests are safe to repeat: a
-status move to the status a job already has, a requeue of a ``new`` job and
-a heartbeat change nothing the second time. A status move with a
-``lease_id`` is the exception: the server rejects the repeat with 409
-because the lease ended with the first move, so after a retry the client
-reads the job and returns it if it already has the requested status. A
-retried delete whose first attempt did reach the server raises
+status move to the status a job already has (with the same ``lease_id``,
+if any), a requeue of a ``new`` job and a heartbeat change nothing the second
+time. A retried delete whose first attempt did reach the server raises
 :class:`NotFound`.
 """
 
@@ -253,8 +250,8 @@ def heartbeat_call(job_id: int, lease_id: str, lease: float | None) -> ApiCall:
     return ApiCall("POST", drop_none(request="heartbeat", job_id=job_id, lease_id=lease_id, lease=lease), job_or_none)
 
 
-def requeue_call(job_id: int) -> ApiCall:
-    return ApiCall("POST", {"request": "requeue", "job_id": job_id}, job_or_none)
+def requeue_call(job_id: int, lease_id: str | None = None) -> ApiCall:
+    return ApiCall("POST", drop_none(request="requeue", job_id=job_id, lease_id=lease_id), job_or_none)
 
 
 def delete_call(job_id: int) -> ApiCall:
@@ -491,16 +488,7 @@ class PollerClient(ClientBase):
         self, job_id: int, status: str, *, lease_id: str | None = None, reason: str | None = None
     ) -> Job:
         """Move a job to ``in_progress``, ``complete`` or ``failed``; return it."""
-        call = move_call(job_id, status, lease_id, reason)
-        try:
-            return self._perform(call)
-        except Conflict:
-            if call.attempts == 1:
-                raise
-            job = self.get(job_id)
-            if job is None or job["status"] != status:
-                raise
-            return job
+        return self._perform(move_call(job_id, status, lease_id, reason))
 
     def complete(self, job_id: int, lease_id: str | None = None) -> Job:
         """Mark a job complete; with ``lease_id``, only while that lease is current."""
@@ -510,9 +498,14 @@ class PollerClient(ClientBase):
         """Mark a job failed and keep ``reason`` on it; with ``lease_id``, only while that lease is current."""
         return self.set_status(job_id, "failed", lease_id=lease_id, reason=reason)
 
-    def requeue(self, job_id: int) -> Job:
-        """Put a failed or in-progress job back to ``new``."""
-        return self._perform(requeue_call(job_id))
+    def requeue(self, job_id: int, lease_id: str | None = None) -> Job:
+        """Put a failed or in-progress job back to ``new``.
+
+        Without ``lease_id`` this is an operator action (token scope
+        ``admin``). With the job's current ``lease_id`` a runner gives back
+        its own job (scope ``run``); a stale lease raises Conflict.
+        """
+        return self._perform(requeue_call(job_id, lease_id))
 
     def delete(self, job_id: int) -> Job:
         """Delete a job; return it as it was."""
@@ -628,16 +621,7 @@ class AsyncPollerClient(ClientBase):
     async def set_status(
         self, job_id: int, status: str, *, lease_id: str | None = None, reason: str | None = None
     ) -> Job:
-        call = move_call(job_id, status, lease_id, reason)
-        try:
-            return await self._perform(call)
-        except Conflict:
-            if call.attempts == 1:
-                raise
-            job = await self.get(job_id)
-            if job is None or job["status"] != status:
-                raise
-            return job
+        return await self._perform(move_call(job_id, status, lease_id, reason))
 
     async def complete(self, job_id: int, lease_id: str | None = None) -> Job:
         return await self.set_status(job_id, "complete", lease_id=lease_id)
@@ -645,8 +629,8 @@ class AsyncPollerClient(ClientBase):
     async def fail(self, job_id: int, lease_id: str | None = None, reason: str | None = None) -> Job:
         return await self.set_status(job_id, "failed", lease_id=lease_id, reason=reason)
 
-    async def requeue(self, job_id: int) -> Job:
-        return await self._perform(requeue_call(job_id))
+    async def requeue(self, job_id: int, lease_id: str | None = None) -> Job:
+        return await self._perform(requeue_call(job_id, lease_id))
 
     async def delete(self, job_id: int) -> Job:
         return await self._perform(delete_call(job_id))

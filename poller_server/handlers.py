@@ -314,9 +314,10 @@ class PollerHandler(BaseHandler):
             lease = parse_seconds(params, "lease", self.config.lease, 1, self.config.max_lease, "--max-lease")
             self.write_json(await service.heartbeat(self.job_id, lease_id, lease))
         elif request_type == "requeue":
-            check_known(params, request_type, frozenset({"job_id"}))
+            check_known(params, request_type, frozenset({"job_id", "lease_id"}))
             self.job_id = parse_job_id(params)
-            self.write_json((await service.requeue(self.job_id)).render())
+            lease_id = parse_text(params, "lease_id", MAX_TOKEN_LENGTH)
+            self.write_json((await service.requeue(self.job_id, lease_id)).render())
         else:
             assert request_type == "delete"
             check_known(params, request_type, frozenset({"job_id"}))
@@ -334,7 +335,8 @@ class PollerHandler(BaseHandler):
             other = "POST" if self.request.method == "GET" else "GET"
             raise MethodNotAllowed(f"request {value!r} does not support {self.request.method}; use {other}", other)
         claim = value == "next" and self.request.method == "GET" and parse_flag(params, "claim")
-        self.authorize(required_scope(self.request.method, value, claim))
+        leased = params.get("lease_id") is not None
+        self.authorize(required_scope(self.request.method, value, claim, leased))
         return value
 
     async def _write_listing(self, ids: list[int]) -> None:

@@ -67,8 +67,6 @@ CONFIG_ENV_PREFIX = "POLLER_CONFIG_"
 # The server keeps at most 4096 characters of a failure reason.
 STDERR_TAIL_CHARS = 3000
 KILL_DELAY_SECONDS = 5.0
-# The shortest lease the server grants; used to hand a job back without the admin scope.
-MIN_LEASE_SECONDS = 1
 MAX_POLL_BACKOFF_SECONDS = 30.0
 # Errors after which polling again cannot help: the runner's own settings are wrong.
 FATAL_ERRORS = (BadRequest, Unauthorized, Forbidden, TLSFailed)
@@ -436,20 +434,7 @@ class Runner:
     async def _release(self, job_id: int, lease_id: str, cause: str) -> None:
         """Put a claimed job back to ``new`` so that another runner can take it."""
         try:
-            await self.client.requeue(job_id)
-        except Forbidden as exc:
-            # Requeue needs the admin scope. A runner token without it can still
-            # cut its own lease short, and the server requeues the job when the
-            # lease expires (or fails it once it reached --max-attempts).
-            try:
-                await self.client.heartbeat(job_id, lease_id, MIN_LEASE_SECONDS)
-            except PollerClientError as heartbeat_error:
-                logger.error("Job %d: release failed (%s): %s, then %s; the job returns to new when its lease "
-                             "expires", job_id, cause, exc, heartbeat_error)
-                return
-            logger.warning("Job %d: requeue not allowed (%s); lease cut to %d s so that the job returns to new "
-                           "then (%s)", job_id, exc, MIN_LEASE_SECONDS, cause)
-            return
+            await self.client.requeue(job_id, lease_id)
         except PollerClientError as exc:
             logger.error("Job %d: requeue failed (%s): %s; the job returns to new when its lease expires",
                          job_id, cause, exc)

@@ -133,6 +133,8 @@ class JobService:
         """Move one job forward to ``status``; a no-op if it already has it."""
         job = self.store.require(job_id)
         if lease_id is not None:
+            if job.status == status and job.lease_id == lease_id:
+                return job  # a retry of the report that ended this lease
             self.store.check_lease(job, lease_id)
         change = self.store.plan_move(job_id, status, now_ms(), reason)
         if change is None:
@@ -151,7 +153,10 @@ class JobService:
         assert isinstance(job, Job)
         return job
 
-    async def requeue(self, job_id: int) -> Job:
+    async def requeue(self, job_id: int, lease_id: str | None = None) -> Job:
+        """Put a job back to ``new``; with ``lease_id``, only while that lease is current."""
+        if lease_id is not None:
+            self.store.check_lease(self.store.require(job_id), lease_id)
         change = self.store.plan_requeue(job_id, now_ms())
         if change is None:
             return self.store.require(job_id)

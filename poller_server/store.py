@@ -298,8 +298,11 @@ class JobStore:
             job.status = status
             self._index_status(job)
         if status != IN_PROGRESS:
-            job.lease_id = None
             job.lease_expires = None
+        # A complete or failed job keeps the id of its last lease, so that a
+        # runner repeating the report that ended the lease gets the same answer.
+        if status in (NEW, IN_PROGRESS):
+            job.lease_id = None
         if status != FAILED:
             job.reason = None
 

@@ -65,6 +65,7 @@ SCOPE_TABLE = [
     ("POST", {"request": "all", "status": "new"}, "admin"),
     ("POST", {"request": "delete", "job_id": "1"}, "admin"),
     ("POST", {"request": "requeue", "job_id": "1"}, "admin"),
+    ("POST", {"request": "requeue", "job_id": "1", "lease_id": "abc"}, "run"),
 ]
 
 
@@ -91,7 +92,8 @@ class TestScopes:
     @pytest.mark.parametrize("method, params, needed", SCOPE_TABLE)
     def test_required_scope_table(self, method, params, needed):
         claim = params.get("claim") == "1"
-        assert required_scope(method, params["request"], claim) == needed
+        leased = "lease_id" in params
+        assert required_scope(method, params["request"], claim, leased) == needed
 
     @pytest.mark.gen_test
     async def test_token_with_all_scopes_passes_everywhere(self, api):

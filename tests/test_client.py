@@ -432,19 +432,23 @@ def test_create_not_retried_unless_allowed(mock, make_client):
     assert len(mock.requests) == 3
 
 
-def test_retried_move_already_done_returns_job(mock, make_client):
-    # The first attempt's response is lost (simulated by a 503), the retry
-    # meets a lease that the first attempt already ended.
-    mock.answer(503, {"error": "busy"})
-    mock.answer(409, {"error": "job 1 is complete; the lease is no longer valid"})
-    mock.answer(200, {"job_id": 1, "status": "complete"})
-    client = make_client(mock.url, retry=RetryPolicy(retries=3, base_delay=0.01))
+def test_repeated_leased_complete_is_accepted(server, make_client):
+    client = make_client(server.url)
+    client.create("jdoe", {"n": 1})
+    claimed = client.next(claim=True)
+    done = client.complete(claimed["job_id"], claimed["lease_id"])
+    # A runner whose first response was lost repeats the report with the same lease.
+    assert client.complete(claimed["job_id"], claimed["lease_id"]) == done
 
-    job = client.complete(1, "lease-1")
 
-    assert job == {"job_id": 1, "status": "complete"}
-    assert len(mock.requests) == 3
-    assert "request=job" in mock.requests[2]["uri"]
+def test_release_with_lease(server, make_client):
+    client = make_client(server.url)
+    client.create("jdoe", {"n": 1})
+    claimed = client.next(claim=True)
+    released = client.requeue(claimed["job_id"], claimed["lease_id"])
+    assert released["status"] == "new"
+    with pytest.raises(Conflict):
+        client.requeue(claimed["job_id"], claimed["lease_id"])
 
 
 def test_first_move_conflict_raises(mock, make_client):

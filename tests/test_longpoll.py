@@ -371,3 +371,40 @@ class TestShutdown:
             assert data.startswith(b"HTTP/1.1 200"), data[:100]
             assert data.endswith(b"{}")
             sock.close()
+
+
+class TestLeasedReports:
+    @pytest.mark.gen_test
+    async def test_repeated_leased_report_is_noop(self, api):
+        await create(api)
+        claimed = (await api("GET", request="next", claim="1")).json
+        first = await api("POST", request="complete", job_id=1, lease_id=claimed["lease_id"])
+        again = await api("POST", request="complete", job_id=1, lease_id=claimed["lease_id"])
+        assert again.code == 200, again
+        assert again.json == first.json
+        other = await api("POST", request="failed", job_id=1, lease_id=claimed["lease_id"])
+        assert other.code == 409
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_stale_runner_cannot_report_after_retake(self, api):
+        await create(api)
+        first = (await api("GET", request="next", claim="1", lease=1)).json
+        second = (await api("GET", request="next", claim="1", wait=5)).json
+        assert second["attempts"] == 2
+        done = await api("POST", request="complete", job_id=1, lease_id=second["lease_id"])
+        assert done.code == 200
+        stale = await api("POST", request="complete", job_id=1, lease_id=first["lease_id"])
+        assert stale.code == 409
+
+    @pytest.mark.gen_test
+    async def test_runner_releases_own_job(self, api):
+        await create(api)
+        claimed = (await api("GET", request="next", claim="1")).json
+        wrong = await api("POST", request="requeue", job_id=1, lease_id="someone-else")
+        assert wrong.code == 409
+        assert (await api("GET", request="job", job_id=1)).json["status"] == "in_progress"
+        released = await api("POST", request="requeue", job_id=1, lease_id=claimed["lease_id"])
+        assert released.json["status"] == "new"
+        assert released.json["attempts"] == 1
+        again = await api("POST", request="requeue", job_id=1, lease_id=claimed["lease_id"])
+        assert again.code == 409
