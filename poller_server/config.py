@@ -68,7 +68,10 @@ class Config:
         "(default: %(default)s)"
     )
     max_connections: int = option(
-        1024, "open client connections allowed at once; more get 503 and are closed (default: %(default)s)"
+        11000,
+        "open client connections allowed at once, more than --max-waiters so that waiting requests "
+        "leave room for others; more get 503 and are closed. The server raises its open-file limit "
+        "to fit (default: %(default)s)",
     )
     max_config_keys: int = option(
         256, "configuration keys one job may have; more get 400 (default: %(default)s)"

@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import socket
 from dataclasses import dataclass
@@ -24,6 +25,29 @@ logger = logging.getLogger(__name__)
 
 # How long a clean stop waits for answers already being written.
 SHUTDOWN_GRACE_SECONDS = 1.0
+
+
+# File descriptors kept free of client connections: journal, snapshots, lock, listening sockets.
+RESERVED_FILE_DESCRIPTORS = 128
+
+
+def raise_open_file_limit(needed: int) -> None:
+    """Raise the soft open-file limit to ``needed`` where the hard limit allows; warn if it stays lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning("Open-file limit could not be raised from %d to %d: %s", soft, target, exc)
+        target = soft
+    if target < needed:
+        logger.warning(
+            "Open-file limit is %d, below --max-connections plus %d; connections beyond about %d will fail. "
+            "Raise the hard limit (ulimit -Hn, LimitNOFILE in the unit) or lower --max-connections",
+            target, RESERVED_FILE_DESCRIPTORS, target - RESERVED_FILE_DESCRIPTORS,
+        )
 
 
 @dataclass
@@ -126,6 +150,7 @@ async def serve(config: Config) -> None:
     """
     tokens = TokenFile(config.token_file) if config.token_file else None
     ssl_context = make_ssl_context(config)
+    raise_open_file_limit(config.max_connections + RESERVED_FILE_DESCRIPTORS)
     runtime = open_data_dir(config)
     runtime.start()
     app = make_app(runtime.service, config, tokens, runtime)

@@ -1,5 +1,6 @@
 """Every size and count limit, each set by its own flag."""
 
+import resource
 import socket
 import subprocess
 import sys
@@ -171,7 +172,7 @@ class TestDefaults:
     @pytest.mark.parametrize("flag, default", [
         ("--max-body-size", 1048576),
         ("--max-header-size", 65536),
-        ("--max-connections", 1024),
+        ("--max-connections", 11000),
         ("--max-config-keys", 256),
         ("--max-value-length", 1048576),
         ("--max-jobs", 10000000),
@@ -193,3 +194,45 @@ class TestDefaults:
         server = server_factory(flag, "0", expect_listening=False)
         assert server.wait_exit() == 2
         assert f"invalid {flag} 0" in server.log
+
+
+def soft_open_file_limit(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    raise AssertionError("no open-file limit in /proc")
+
+
+class TestOpenFileLimit:
+    def test_soft_limit_raised_to_fit_connections(self, server_factory):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 2000:
+            pytest.skip(f"the hard open-file limit {hard} is too low for this test")
+        # The child inherits a low soft limit; the server must raise it itself.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        try:
+            server = server_factory("--max-connections", "1500")
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert soft_open_file_limit(server.proc.pid) == 1500 + 128
+
+    def test_warns_when_hard_limit_is_too_low(self, tmp_path):
+        # Lower the hard limit in a shell that then becomes the server, so this process keeps its own.
+        command = (
+            f"ulimit -n 300 && exec {sys.executable} -m poller_server --port 0 "
+            f"--data-dir {tmp_path / 'data'} --max-connections 5000"
+        )
+        proc = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if "Poller listening" in line:
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(15)
+        log = "".join(lines)
+        assert "Open-file limit is 300, below --max-connections plus 128" in log, log
+        assert "Poller listening" in log
