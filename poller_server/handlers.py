@@ -24,6 +24,7 @@ from .service import Claim, JobService
 from .store import validate_status, validate_user
 
 logger = logging.getLogger(__name__)
+access_log = logging.getLogger("tornado.access")
 
 JSON_TYPE = "application/json; charset=UTF-8"
 EMPTY = b"{}"
@@ -421,18 +422,18 @@ def log_request(handler: RequestHandler) -> None:
     The token itself is never logged, only the name the token file gives it.
     """
     status = handler.get_status()
-    if status < 400:
-        log = logging.getLogger("tornado.access").info
-    elif status < 500:
-        log = logging.getLogger("tornado.access").warning
-    else:
-        log = logging.getLogger("tornado.access").error
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    seconds = handler.request.request_time()
     request_type = getattr(handler, "request_type", None)
+    metrics = handler.application.settings.get("metrics")
+    if metrics is not None:
+        metrics.observe_request(handler.request.method or "-", request_type, status, seconds)
+    if not access_log.isEnabledFor(level):
+        return
     job_id = getattr(handler, "job_id", None)
     user = getattr(handler, "user", None)
     token = getattr(handler, "token", None)
     token_name = token.name if token is not None else None
-    seconds = handler.request.request_time()
     fields = {
         "status": status,
         "method": handler.request.method,
@@ -443,7 +444,8 @@ def log_request(handler: RequestHandler) -> None:
         "token_name": token_name,
         "ms": round(1000.0 * seconds, 1),
     }
-    log(
+    access_log.log(
+        level,
         "%d %s %s request=%s job_id=%s user=%s token_name=%s %.1fms",
         status,
         handler.request.method,
@@ -455,6 +457,3 @@ def log_request(handler: RequestHandler) -> None:
         1000.0 * seconds,
         extra=fields,
     )
-    metrics = handler.application.settings.get("metrics")
-    if metrics is not None:
-        metrics.observe_request(handler.request.method or "-", request_type, status, seconds)

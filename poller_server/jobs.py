@@ -6,6 +6,7 @@ text into the answer instead of encoding the fields again, and a job costs
 one ``bytes`` object for its configuration instead of a dict of strings.
 """
 
+import functools
 import json
 import time
 
@@ -55,7 +56,13 @@ def now_ms() -> int:
 def format_time(ms: int) -> str:
     """Format epoch milliseconds as ISO 8601 UTC, for example ``2016-02-02T01:01:07.013Z``."""
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03dZ" % millis
+    return _format_second(seconds) + ".%03dZ" % millis
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_second(seconds: int) -> str:
+    # Every read renders two times per job; jobs made in the same second share this part.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def encode_json(value: object) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -151,9 +151,17 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(PollerCollector(self))
+        # labels() validates and hashes its arguments on every call; the set of
+        # (method, request type, code) is small, so keep each child once.
+        self._request_children: dict[tuple[str, str | None, int], Any] = {}
 
     def observe_request(self, method: str, request_type: str | None, code: int, seconds: float) -> None:
-        self.request_duration.labels(method, request_type or "none", str(code)).observe(seconds)
+        key = (method, request_type, code)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.request_duration.labels(method, request_type or "none", str(code))
+            self._request_children[key] = child
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
