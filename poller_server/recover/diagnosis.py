@@ -10,7 +10,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from ..journal import list_segments, read_segment
-from ..recovery import RecoveryError, RecoveryReport, recover
+from ..recovery import RecoveryError, RecoveryReport, SnapshotReport, recover
 from ..snapshot import SnapshotError, list_snapshots, read_snapshot
 from ..store import JobStore
 
@@ -18,15 +18,6 @@ from ..store import JobStore
 EXIT_CLEAN = 0
 EXIT_STARTS_AFTER_REPAIR = 1
 EXIT_WOULD_NOT_START = 2
-
-
-@dataclass
-class SnapshotSummary:
-    path: str
-    seq: int | None
-    jobs: int | None
-    valid: bool
-    error: str | None = None
 
 
 @dataclass
@@ -47,7 +38,7 @@ class SegmentSummary:
 class Diagnosis:
     data_dir: str
     report: RecoveryReport
-    snapshots: list[SnapshotSummary]
+    snapshots: list[SnapshotReport]
     segments: list[SegmentSummary]
     temporary_files: list[str] = field(default_factory=list)
     quarantine_files: list[str] = field(default_factory=list)
@@ -55,7 +46,7 @@ class Diagnosis:
     store: JobStore | None = None
 
     @property
-    def invalid_snapshots(self) -> list[SnapshotSummary]:
+    def invalid_snapshots(self) -> list[SnapshotReport]:
         return [snapshot for snapshot in self.snapshots if not snapshot.valid]
 
     @property
@@ -124,22 +115,22 @@ def diagnose(data_dir: str) -> Diagnosis:
     )
 
 
-def _summarize_snapshots(data_dir: str, report: RecoveryReport) -> list[SnapshotSummary]:
+def _summarize_snapshots(data_dir: str, report: RecoveryReport) -> list[SnapshotReport]:
     checked = {entry.path: entry for entry in report.snapshots}
     summaries = []
     for seq, path in list_snapshots(data_dir):
         entry = checked.get(path)
         if entry is not None:
-            summaries.append(SnapshotSummary(path, entry.seq, entry.jobs, entry.valid, entry.error))
+            summaries.append(entry)
             continue
         # Older than the one recovery loaded: read it too, because it is the
         # fallback if the newest one is ever damaged.
         try:
             snapshot = read_snapshot(path)
         except SnapshotError as exc:
-            summaries.append(SnapshotSummary(path, seq, None, False, str(exc)))
+            summaries.append(SnapshotReport(path, seq, None, False, str(exc)))
         else:
-            summaries.append(SnapshotSummary(path, snapshot.seq, len(snapshot.jobs), True))
+            summaries.append(SnapshotReport(path, snapshot.seq, len(snapshot.jobs), True))
     return summaries
 
 
