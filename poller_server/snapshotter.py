@@ -18,6 +18,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 import time
 
@@ -29,7 +30,7 @@ from .store import JobStore
 logger = logging.getLogger(__name__)
 
 SNAPSHOTS_KEPT = 2
-# Set by crash tests only: kill the process at a chosen point of a snapshot.
+# Set by crash tests only: kill the process, or slow the snapshot writer, at a chosen point.
 TEST_HOOK_ENV = "POLLER_TEST_HOOK"
 
 
@@ -111,8 +112,14 @@ class Snapshotter:
         pid = os.fork()
         if pid == 0:
             # Child: write and leave at once, running no cleanup of the parent's.
+            # It closes every inherited descriptor first, so that it never holds
+            # the data directory's lock or the listening sockets: a server
+            # restarted after the parent died would otherwise wait for it.
             code = 1
             try:
+                os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+                if os.environ.get(TEST_HOOK_ENV) == "slow-snapshot-child":
+                    time.sleep(3)
                 write_snapshot_file(tmp_path, seq, next_id, written, count, self.store.dump())
                 code = 0
             finally:

@@ -246,6 +246,16 @@ class TestSnapshots:
         assert all_jobs(started) == expected
         assert create(started)["job_id"] == len(jobs) + 1
 
+    def test_restart_while_snapshot_child_still_writes(self, server_factory):
+        server = server_factory(*NO_TIMED_SNAPSHOTS, env={"POLLER_TEST_HOOK": "slow-snapshot-child"})
+        jobs = [create(server, n=str(i)) for i in range(3)]
+        server.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)  # the child is forked and sleeping before it writes
+        server.kill9()
+        # The child must not hold the data directory's lock or the port.
+        started = server_factory(*NO_TIMED_SNAPSHOTS, data_dir=server.data_dir)
+        assert all_jobs(started) == jobs
+
     def test_ids_continue_after_deleting_everything(self, server_factory):
         server = server_factory(*NO_TIMED_SNAPSHOTS)
         for _ in range(3):
