@@ -8,7 +8,7 @@ from tornado.web import Application
 
 from .auth import TokenFile
 from .config import Config
-from .handlers import PollerHandler, log_request
+from .handlers import NotFoundHandler, PollerHandler, log_request
 from .health import HealthHandler
 from .metrics import Metrics, MetricsHandler
 from .service import JobService
@@ -32,6 +32,8 @@ def make_app(
             (r"/healthz", HealthHandler, {"service": service, "config": config, "runtime": runtime}),
             (r"/metrics", MetricsHandler, {**handler_args, "metrics": metrics}),
         ],
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"service": service, "config": config},
         log_function=log_request,
         metrics=metrics,
     )

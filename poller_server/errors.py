@@ -6,6 +6,28 @@ into a JSON body ``{"error": message}`` with the status code the class names.
 """
 
 
+import json
+
+# Longest part of a client's value that an error message repeats.
+SHOWN_VALUE_LENGTH = 60
+
+
+def show(value: object) -> str:
+    """Return ``value`` as an error message shows it: quoted if text, JSON otherwise, cut short if long.
+
+    Messages repeat what the client sent so that it can find the mistake, but
+    a 100,000-character value must not come back whole.
+    """
+    if isinstance(value, str):
+        if len(value) <= SHOWN_VALUE_LENGTH:
+            return repr(value)
+        return repr(value[:SHOWN_VALUE_LENGTH]) + f"... ({len(value)} characters)"
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) > SHOWN_VALUE_LENGTH:
+        return text[:SHOWN_VALUE_LENGTH] + f"... ({len(text)} characters)"
+    return text
+
+
 class PollerError(Exception):
     """An error with an HTTP status code and a message safe to show a client."""
 
@@ -26,6 +48,10 @@ class JobNotFound(PollerError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"job {job_id} not found")
         self.job_id = job_id
+
+
+class PathNotFound(PollerError):
+    status_code = 404
 
 
 class MethodNotAllowed(PollerError):

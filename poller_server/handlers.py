@@ -17,7 +17,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from .auth import Forbidden, Token, TokenFile, Unauthorized, check_scope, required_scope
 from .config import Config
-from .errors import BadRequest, MethodNotAllowed, PayloadTooLarge, PollerError, Unavailable
+from .errors import BadRequest, MethodNotAllowed, PathNotFound, PayloadTooLarge, PollerError, Unavailable, show
 from .jobs import FAILED, RESERVED_KEYS, STATUSES, encode_json
 from .params import Params, parse_json, read_params
 from .service import Claim, JobService
@@ -31,8 +31,11 @@ EMPTY = b"{}"
 # Jobs written per chunk of a listing; between chunks other requests run.
 LISTING_CHUNK = 500
 MAX_JOB_ID = 2**63 - 1
+MAX_JOB_ID_DIGITS = len(str(MAX_JOB_ID))
 MAX_TOKEN_LENGTH = 128
 MAX_REASON_LENGTH = 4096
+# Keys name fields (casename, compset, ...), so they follow the user-name rules.
+MAX_KEY_LENGTH = 128
 TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 DIGITS = re.compile(r"[0-9]+")
 
@@ -109,6 +112,11 @@ class BaseHandler(RequestHandler):
                 self.set_header("Allow", error.allow)
             if isinstance(error, (Unauthorized, Forbidden)):
                 self.set_header("WWW-Authenticate", error.challenge)
+        elif status_code == 405:
+            # Tornado's own answer to a method the handler does not define.
+            allowed = self.allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            message = f"method {self.request.method} is not allowed here; use {' or '.join(allowed)}"
         elif isinstance(error, HTTPError) and status_code < 500:
             message = error.log_message or self._reason
         elif status_code >= 500:
@@ -117,6 +125,14 @@ class BaseHandler(RequestHandler):
             message = self._reason
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(encode_json({"error": message}))
+
+    def allowed_methods(self) -> list[str]:
+        """Return the HTTP methods this handler class defines, such as ``["GET", "POST"]``."""
+        return [
+            method
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if getattr(type(self), method.lower()) is not getattr(RequestHandler, method.lower())
+        ]
 
     def authorize(self, scope: str) -> None:
         """Raise Forbidden unless the request's token has ``scope``; without tokens allow all."""
@@ -129,6 +145,15 @@ class BaseHandler(RequestHandler):
         self.write(body)
 
 
+class NotFoundHandler(BaseHandler):
+    """Every path without a route: a JSON 404 that names the job API's path."""
+
+    needs_token = False
+
+    def prepare(self) -> None:
+        raise PathNotFound(f"no such path {show(self.request.path)}: the job API is at /poller/update/")
+
+
 # -- parameter checks ------------------------------------------------------------
 
 
@@ -137,13 +162,14 @@ def parse_job_id(params: Params) -> int:
     if value is None:
         raise BadRequest("missing parameter 'job_id'")
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise BadRequest(f"invalid job_id {value!r}: must be a positive integer")
+        raise BadRequest(f"invalid job_id {show(value)}: must be a positive integer")
     if isinstance(value, str):
-        if not DIGITS.fullmatch(value):
-            raise BadRequest(f"invalid job_id {value!r}: must be a positive integer")
+        # Checking the length first keeps int() from parsing thousands of digits.
+        if len(value) > MAX_JOB_ID_DIGITS or not DIGITS.fullmatch(value):
+            raise BadRequest(f"invalid job_id {show(value)}: must be a positive integer")
         value = int(value)
     if not 1 <= value <= MAX_JOB_ID:
-        raise BadRequest(f"invalid job_id {value!r}: must be a positive integer")
+        raise BadRequest(f"invalid job_id {show(value)}: must be a positive integer")
     return value
 
 
@@ -156,9 +182,9 @@ def parse_seconds(params: Params, name: str, default: float, low: float, high: f
             raise ValueError
         seconds = float(value)
     except (TypeError, ValueError):
-        raise BadRequest(f"invalid {name} {value!r}: must be a number of seconds") from None
+        raise BadRequest(f"invalid {name} {show(value)}: must be a number of seconds") from None
     if not math.isfinite(seconds) or not low <= seconds <= high:
-        raise BadRequest(f"invalid {name} {value!r}: must be {low:g} to {high:g} seconds (the maximum is {option})")
+        raise BadRequest(f"invalid {name} {show(value)}: must be {low:g} to {high:g} seconds (the maximum is {option})")
     return seconds
 
 
@@ -170,19 +196,19 @@ def parse_flag(params: Params, name: str) -> bool:
         return value
     if isinstance(value, str) and value.lower() in TRUE_WORDS:
         return TRUE_WORDS[value.lower()]
-    raise BadRequest(f"invalid {name} {value!r}: must be true, false, 1, 0, yes or no")
+    raise BadRequest(f"invalid {name} {show(value)}: must be true, false, 1, 0, yes or no")
 
 
 def parse_text(params: Params, name: str, max_length: int, required: bool = False) -> str | None:
     value = params.get(name)
     if value is None:
         if required:
-            raise BadRequest(f"missing parameter {name!r}")
+            raise BadRequest(f"missing parameter {show(name)}")
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= max_length:
-        raise BadRequest(f"invalid {name} {value!r}: must be a string of 1 to {max_length} characters")
+        raise BadRequest(f"invalid {name} {show(value)}: must be a string of 1 to {max_length} characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) and name != "reason":
-        raise BadRequest(f"invalid {name} {value!r}: control characters are not allowed")
+        raise BadRequest(f"invalid {name} {show(value)}: control characters are not allowed")
     return value
 
 
@@ -197,7 +223,7 @@ def parse_user(params: Params, required: bool) -> str | None:
 def check_known(params: Params, request_type: str, allowed: frozenset[str]) -> None:
     for name in params:
         if name != "request" and name not in allowed:
-            raise BadRequest(f"unknown parameter {name!r} for request {request_type!r}")
+            raise BadRequest(f"unknown parameter {show(name)} for request {show(request_type)}")
 
 
 def parse_config(params: Params, max_keys: int | None = None, max_value_length: int | None = None) -> bytes:
@@ -218,13 +244,17 @@ def parse_config(params: Params, max_keys: int | None = None, max_value_length: 
         if name in ("request", "user", "config_options"):
             continue
         if name in config:
-            raise BadRequest(f"configuration key {name!r} is given both in config_options and as a parameter")
+            raise BadRequest(f"configuration key {show(name)} is given both in config_options and as a parameter")
         config[name] = value
     for name in config:
         if name in RESERVED_KEYS:
-            raise BadRequest(f"configuration key {name!r} is reserved for the job's own fields")
+            raise BadRequest(f"configuration key {show(name)} is reserved for the job's own fields")
         if not name:
             raise BadRequest("configuration keys must not be empty")
+        if len(name) > MAX_KEY_LENGTH:
+            raise BadRequest(f"configuration key {show(name)} is longer than {MAX_KEY_LENGTH} characters")
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+            raise BadRequest(f"configuration key {show(name)} contains a control character")
     check_config_size(config, max_keys, max_value_length)
     return encode_json(config).encode()
 
@@ -238,14 +268,14 @@ def check_config_size(config: dict[str, object], max_keys: int | None, max_value
     for number, (name, value) in enumerate(config.items(), start=1):
         if max_keys is not None and number > max_keys:
             raise BadRequest(
-                f"too many configuration keys: key {name!r} is number {number}, "
+                f"too many configuration keys: key {show(name)} is number {number}, "
                 f"the maximum is {max_keys} (--max-config-keys)"
             )
         if max_value_length is not None:
             length = len(value) if isinstance(value, str) else len(encode_json(value))
             if length > max_value_length:
                 raise BadRequest(
-                    f"configuration value of key {name!r} is {length} characters long, "
+                    f"configuration value of key {show(name)} is {length} characters long, "
                     f"the maximum is {max_value_length} (--max-value-length)"
                 )
 
@@ -330,11 +360,11 @@ class PollerHandler(BaseHandler):
         if value is None:
             raise BadRequest("missing parameter 'request'")
         if not isinstance(value, str) or value not in ALL_REQUESTS:
-            raise BadRequest(f"unknown request {value!r}: must be one of {', '.join(sorted(ALL_REQUESTS))}")
+            raise BadRequest(f"unknown request {show(value)}: must be one of {', '.join(sorted(ALL_REQUESTS))}")
         self.request_type = value
         if value not in supported:
             other = "POST" if self.request.method == "GET" else "GET"
-            raise MethodNotAllowed(f"request {value!r} does not support {self.request.method}; use {other}", other)
+            raise MethodNotAllowed(f"request {show(value)} does not support {self.request.method}; use {other}", other)
         claim = value == "next" and self.request.method == "GET" and parse_flag(params, "claim")
         leased = params.get("lease_id") is not None
         self.authorize(required_scope(self.request.method, value, claim, leased))

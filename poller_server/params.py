@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 from tornado.httputil import HTTPServerRequest, parse_body_arguments
 
-from .errors import BadRequest, UnsupportedMediaType
+from .errors import BadRequest, UnsupportedMediaType, show
 
 MAX_JSON_DEPTH = 32
 # msgpack stores integers from -2**63 to 2**64 - 1; larger ones cannot be journaled.
@@ -49,7 +49,7 @@ def _pairs_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
     result: dict = {}
     for key, value in pairs:
         if key in result:
-            raise BadRequest(f"invalid JSON: key {key!r} appears more than once in an object")
+            raise BadRequest(f"invalid JSON: key {show(key)} appears more than once in an object")
         result[key] = value
     return result
 
@@ -125,7 +125,7 @@ class Params(dict):
 
     def add(self, name: str, value: object) -> None:
         if name in self:
-            raise BadRequest(f"parameter {name!r} is given more than once")
+            raise BadRequest(f"parameter {show(name)} is given more than once")
         self[name] = value
 
 
@@ -159,13 +159,13 @@ def read_params(request: HTTPServerRequest, body: bytes) -> Params:
             raise BadRequest("multipart body could not be parsed: check the boundary")
         for name, values in arguments.items():
             for raw in values:
-                params.add(name, _decode_utf8(raw, f"form field {name!r}"))
+                params.add(name, _decode_utf8(raw, f"form field {show(name)}"))
         for name, uploads in files.items():
             for upload in uploads:
-                params.add(name, _decode_utf8(upload.body, f"form field {name!r}"))
+                params.add(name, _decode_utf8(upload.body, f"form field {show(name)}"))
     else:
         raise UnsupportedMediaType(
-            f"unsupported Content-Type {media_type!r}: send application/x-www-form-urlencoded, "
+            f"unsupported Content-Type {show(media_type)}: send application/x-www-form-urlencoded, "
             "multipart/form-data or application/json"
         )
     return params

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from sortedcontainers import SortedList
 
-from .errors import BadRequest, Conflict, JobNotFound
+from .errors import BadRequest, Conflict, JobNotFound, show
 from .jobs import (
     FAILED,
     FORWARD_MOVES,
@@ -37,17 +37,17 @@ Change = dict
 def validate_user(user: object) -> str:
     """Return ``user`` if it is a valid user name, else raise BadRequest naming it."""
     if not isinstance(user, str):
-        raise BadRequest(f"invalid user {user!r}: must be a string")
+        raise BadRequest(f"invalid user {show(user)}: must be a string")
     if not 1 <= len(user) <= MAX_USER_LENGTH:
-        raise BadRequest(f"invalid user {user!r}: must be 1 to {MAX_USER_LENGTH} characters")
+        raise BadRequest(f"invalid user {show(user)}: must be 1 to {MAX_USER_LENGTH} characters")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in user):
-        raise BadRequest(f"invalid user {user!r}: control characters are not allowed")
+        raise BadRequest(f"invalid user {show(user)}: control characters are not allowed")
     return user
 
 
 def validate_status(status: object) -> str:
     if status not in STATUSES:
-        raise BadRequest(f"invalid status {status!r}: must be one of {', '.join(STATUSES)}")
+        raise BadRequest(f"invalid status {show(status)}: must be one of {', '.join(STATUSES)}")
     assert isinstance(status, str)
     return status
 
@@ -181,7 +181,7 @@ class JobStore:
         if job.status != IN_PROGRESS:
             raise Conflict(f"job {job.job_id} is {job.status}; the lease is no longer valid")
         if job.lease_id is None or job.lease_id != lease_id:
-            raise Conflict(f"lease {lease_id!r} is not the current lease of job {job.job_id}")
+            raise Conflict(f"lease {show(lease_id)} is not the current lease of job {job.job_id}")
 
     # -- apply: carry out a planned change ------------------------------------
 

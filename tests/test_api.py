@@ -442,3 +442,52 @@ class TestServerErrors:
         assert "secret" not in response.body.decode()
         assert "error" in response.json
         assert any("secret internal detail" in record.getMessage() or record.exc_info for record in caplog.records)
+
+
+class TestOtherPathsAndMethods:
+    @pytest.mark.gen_test
+    @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+    async def test_unsupported_method_is_json_405(self, api, method):
+        response = await api.http_client.fetch(api.url + "?request=all", method=method, raise_error=False,
+                                               body=None if method == "DELETE" else b"")
+        assert response.code == 405
+        assert response.headers["Allow"] == "GET, POST"
+        assert method in json.loads(response.body)["error"]
+
+    @pytest.mark.gen_test
+    @pytest.mark.parametrize("path", ["/", "/poller/", "/poller/update/extra"])
+    async def test_unknown_path_is_json_404(self, api, path):
+        base = api.url.split("/poller/update/")[0]
+        response = await api.http_client.fetch(base + path, raise_error=False)
+        assert response.code == 404
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert "/poller/update/" in json.loads(response.body)["error"]
+
+    @pytest.mark.gen_test
+    async def test_huge_job_id_is_400(self, api):
+        response = await api("GET", request="job", job_id="9" * 5000)
+        assert_error(response, 400, "job_id", "5000 characters")
+        response = await api("POST", request="complete", job_id="9" * 5000)
+        assert_error(response, 400, "job_id")
+
+    @pytest.mark.gen_test
+    async def test_error_cuts_long_values_short(self, api):
+        response = await api("POST", request="new", user="x" * 100000)
+        assert_error(response, 400, "invalid user", "100000 characters")
+        assert len(response.body) < 500
+
+    @pytest.mark.gen_test
+    async def test_error_shows_json_spelling(self, api):
+        response = await api("POST", json_body={"request": "all", "status": None})
+        assert_error(response, 400, "invalid status null")
+        response = await api("GET", request="job", json_body=None, job_id="true")
+        assert_error(response, 400, "'true'")
+        response = await api("POST", json_body={"request": "complete", "job_id": True})
+        assert_error(response, 400, "invalid job_id true")
+
+    @pytest.mark.gen_test
+    @pytest.mark.parametrize("key, fragment", [("a\nb", "control character"), ("k" * 129, "longer than 128")])
+    async def test_bad_configuration_key(self, api, key, fragment):
+        response = await api("POST", json_body={"request": "new", "user": "u", key: 1})
+        assert_error(response, 400, fragment)
+        assert (await api("GET", request="all")).body == b"{}"
