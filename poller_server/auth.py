@@ -25,7 +25,7 @@ import re
 import stat
 from dataclasses import dataclass
 
-from .errors import PollerError
+from .errors import PollerError, describe_os_error
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +122,12 @@ def parse_token_line(path: str, number: int, line: str) -> Token | None:
 
 def load_token_file(path: str) -> list[Token]:
     """Read and check a token file; raise TokenFileError or OSError if it cannot be used."""
-    check_file_mode(path)
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        lines = f.read().splitlines()
+    try:
+        check_file_mode(path)
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise TokenFileError(f"token file {path} (--token-file) cannot be read: {describe_os_error(exc)}") from exc
     tokens: list[Token] = []
     names: dict[str, int] = {}
     digests: dict[bytes, int] = {}

@@ -11,6 +11,7 @@ from dataclasses import MISSING
 from .auth import TokenFileError
 from .config import Config, config_fields
 from .datadir import DataDirLocked
+from .errors import StartupError, describe_os_error
 from .logs import setup_logging
 from .recovery import RecoveryError
 
@@ -89,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(config))
-    except (DataDirLocked, RecoveryError, TokenFileError) as exc:
+    except (DataDirLocked, RecoveryError, TokenFileError, StartupError) as exc:
         logging.getLogger("poller_server").error("Poller cannot start: %s", exc)
         return 1
     except OSError as exc:
-        logging.getLogger("poller_server").error("Poller cannot start: %s", exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        logging.getLogger("poller_server").error("Poller cannot start: %s%s", describe_os_error(exc), where)
         return 1
     return 0
 

@@ -8,6 +8,8 @@ One process at a time may use a data directory. The lock is an ``flock`` on
 import fcntl
 import os
 
+from .errors import StartupError, describe_os_error
+
 
 class DataDirLocked(Exception):
     """Another process holds the data directory's lock."""
@@ -18,9 +20,16 @@ LOCK_NAME = "lock"
 
 def lock_data_dir(data_dir: str) -> int:
     """Create ``data_dir`` if needed, take its lock, and return the lock's file descriptor."""
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise StartupError(f"data directory {data_dir} (--data-dir) is not a directory")
     path = os.path.join(data_dir, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StartupError(
+            f"data directory {data_dir} (--data-dir) cannot be used: {describe_os_error(exc)} ({exc.filename})"
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

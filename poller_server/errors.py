@@ -88,5 +88,14 @@ class StoreFull(PollerError):
     status_code = 507
 
 
+class StartupError(Exception):
+    """The server cannot start with the given options; the message names the option or file."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """Return an OSError's reason without the errno number, for example ``No such file or directory``."""
+    return exc.strerror or str(exc)
+
+
 class JournalError(Exception):
     """Appending to or syncing the journal failed; the change was not applied."""

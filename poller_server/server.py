@@ -14,6 +14,7 @@ from .app import make_app
 from .auth import TokenFile, count_tokens
 from .config import Config, is_loopback
 from .connections import LimitedHTTPServer
+from .errors import StartupError, describe_os_error
 from .datadir import lock_data_dir, unlock_data_dir
 from .journal import Journal
 from .recovery import recover
@@ -165,9 +166,12 @@ async def serve(config: Config) -> None:
     app.settings["metrics"].http_server = http_server
     try:
         sockets = bind_sockets(config.port, config.host)
-    except OSError:
+    except OSError as exc:
         await runtime.close(final_snapshot=False)
-        raise
+        raise StartupError(
+            f"cannot listen on {config.host} port {config.port}: {describe_os_error(exc)}; "
+            "choose another --port or --host, or stop the process that uses it"
+        ) from exc
     http_server.add_sockets(sockets)
     scheme = "https" if ssl_context is not None else "http"
     addresses = ", ".join(f"{scheme}://{format_address(s)}" for s in sockets)

@@ -94,3 +94,34 @@ def test_module_and_console_script_agree():
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=15)
     assert result.returncode == 0
     assert result.stdout == run_cli("--help").stdout.replace("__main__.py", "poller-server")
+
+
+class TestStartupErrors:
+    def test_data_dir_that_is_a_file(self, server_factory, tmp_path):
+        path = tmp_path / "afile"
+        path.write_text("x")
+        server = server_factory(data_dir=path, expect_listening=False)
+        assert server.wait_exit() == 1
+        assert f"data directory {path} (--data-dir) is not a directory" in server.log
+        assert "Traceback" not in server.log
+
+    def test_missing_certificate_names_option(self, server_factory, tmp_path):
+        missing = tmp_path / "nope.pem"
+        server = server_factory("--certfile", str(missing), "--keyfile", str(missing), expect_listening=False)
+        assert server.wait_exit() == 1
+        assert f"certificate {missing} (--certfile)" in server.log
+        assert "Traceback" not in server.log
+
+    def test_missing_token_file_names_option(self, server_factory, tmp_path):
+        missing = tmp_path / "tokens"
+        server = server_factory("--token-file", str(missing), expect_listening=False)
+        assert server.wait_exit() == 1
+        assert f"token file {missing} (--token-file) cannot be read" in server.log
+
+    def test_port_in_use_names_address(self, server_factory, tmp_path):
+        first = server_factory()
+        port = first.url.rsplit(":", 1)[1]
+        second = server_factory("--port", port, data_dir=tmp_path / "other", expect_listening=False)
+        assert second.wait_exit() == 1
+        assert f"cannot listen on 127.0.0.1 port {port}" in second.log
+        assert "--port" in second.log
