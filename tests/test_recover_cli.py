@@ -463,3 +463,78 @@ def test_script_wrapper_runs_check(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Snapshots: none" in result.stdout
     assert "contains no snapshot or journal" in result.stdout
+
+
+class TestArguments:
+    def test_file_as_data_dir_is_not_a_directory(self, tmp_path):
+        not_dir = tmp_path / "file"
+        not_dir.write_text("x")
+        for args in (("check",), ("repair", "--dry-run"), ("import", "--dry-run", str(LEGACY_DUMP))):
+            result = run_recover(*args, "--data-dir", str(not_dir))
+            assert result.returncode == 64, (args, result.stderr)
+            assert f"data directory {not_dir} is not a directory" in result.stderr
+            assert "does not exist" not in result.stderr
+        assert not_dir.read_text() == "x"
+
+    def test_requeue_reason_needs_to_failed(self, tmp_path):
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        result = run_recover("requeue", "--reason", "node lost", "--data-dir", str(data_dir))
+        assert result.returncode == 64
+        assert "--reason is stored only with --to failed" in result.stderr
+        assert os.listdir(data_dir) == []
+
+    def test_requeue_job_id_must_be_positive(self, tmp_path):
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        for value in ("-1", "0", "seven"):
+            result = run_recover("requeue", "--job-id", value, "--data-dir", str(data_dir))
+            assert result.returncode == 64, result.stderr
+            assert f"invalid job id '{value}': must be a positive integer" in result.stderr
+            assert "not found" not in result.stderr
+
+
+class TestImportIds:
+    def test_deleted_id_not_reused(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        server = server_factory(data_dir=data_dir)
+        create_jobs(server, load_runs()[:2])
+        exported = listing(server)
+        assert server.call("POST", request="delete", job_id="1").code == 200
+        assert server.terminate() == 0
+        export_file = tmp_path / "export.json"
+        export_file.write_text(json.dumps(exported), encoding="utf-8")
+
+        reports = []
+        for extra in (("--dry-run",), ()):
+            result = run_recover("import", str(export_file), "--json", *extra, "--data-dir", str(data_dir))
+            assert result.returncode == 1, result.stdout + result.stderr
+            reports.append(json.loads(result.stdout))
+        for report in reports:
+            assert report["imported"] == []
+            reasons = {entry["job_id"]: entry["reason"] for entry in report["rejected"]}
+            assert "job id 1 is below the data directory's next id 3" in reasons[1]
+            assert "never reused" in reasons[1]
+            assert "already exists" in reasons[2]
+        skipped = run_recover("import", str(export_file), "--skip-existing", "--json", "--data-dir", str(data_dir))
+        report = json.loads(skipped.stdout)
+        assert [entry["job_id"] for entry in report["skipped"]] == [2]
+        assert [entry["job_id"] for entry in report["rejected"]] == [1]
+        store, _ = recover(str(data_dir), repair=False)
+        assert sorted(store.jobs) == [2]
+
+    def test_legacy_row_without_fields_rejected_alone(self, tmp_path):
+        rows = json.loads(LEGACY_DUMP.read_text(encoding="utf-8"))[:4]
+        del rows[2]["fields"]
+        dump = tmp_path / "dump.json"
+        dump.write_text(json.dumps(rows), encoding="utf-8")
+        data_dir = tmp_path / "data"
+
+        result = run_recover("import", str(dump), "--json", "--data-dir", str(data_dir))
+        assert result.returncode == 1, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["format"] == "legacy dump"
+        assert report["imported"] == sorted(row["pk"] for i, row in enumerate(rows) if i != 2)
+        assert report["rejected"] == [
+            {"row": 3, "job_id": rows[2]["pk"], "reason": f"the row with pk {rows[2]['pk']} has no fields object"}
+        ]

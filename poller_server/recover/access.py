@@ -14,8 +14,23 @@ from ..store import JobStore
 logger = logging.getLogger(__name__)
 
 
-class DataDirMissing(Exception):
-    """The data directory named on the command line does not exist."""
+class DataDirUnusable(Exception):
+    """The data directory named on the command line does not exist or is not a directory."""
+
+
+def check_data_dir(data_dir: str, may_be_missing: bool) -> bool:
+    """Return whether ``data_dir`` exists; raise DataDirUnusable if it cannot be used.
+
+    A path that exists but is not a directory is never usable. A missing one
+    is an error unless ``may_be_missing`` (``import`` creates the directory).
+    """
+    if os.path.isdir(data_dir):
+        return True
+    if os.path.lexists(data_dir):
+        raise DataDirUnusable(f"data directory {data_dir} is not a directory; pass the server's --data-dir")
+    if not may_be_missing:
+        raise DataDirUnusable(f"data directory {data_dir} does not exist; pass the server's --data-dir")
+    return False
 
 
 @contextmanager
@@ -26,8 +41,7 @@ def locked(data_dir: str, write: bool, create: bool = False) -> Iterator[None]:
     it. A read-only hold writes nothing, not even this process's id into the
     lock file, so ``check`` and ``--dry-run`` leave every byte as it was.
     """
-    if not os.path.isdir(data_dir) and not create:
-        raise DataDirMissing(f"data directory {data_dir} does not exist; pass the server's --data-dir")
+    check_data_dir(data_dir, may_be_missing=create)
     fd = lock_data_dir(data_dir) if write else _lock_read_only(data_dir)
     try:
         yield

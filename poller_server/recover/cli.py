@@ -27,7 +27,7 @@ from ..jobs import FAILED, NEW, STATUSES
 from ..recovery import RecoveryError, recover
 from ..store import JobStore
 from . import output
-from .access import DataDirMissing, load_for_write, locked
+from .access import DataDirUnusable, check_data_dir, load_for_write, locked
 from .compaction import compact_data_dir
 from .diagnosis import EXIT_WOULD_NOT_START, diagnose
 from .job_export import export_to_file, write_export
@@ -56,6 +56,23 @@ def say(line: str) -> None:
 
 def warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def job_id_argument(text: str) -> int:
+    """Parse a ``--job-id`` value: a positive integer, as job ids are."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid job id {text!r}: must be a positive integer")
+    return value
+
+
+def check_combinations(parser: ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject options that would be silently ignored in the combination given."""
+    if args.command == "requeue" and args.reason is not None and args.to != FAILED:
+        parser.error("--reason is stored only with --to failed; add --to failed or leave out --reason")
 
 
 def build_parser() -> ArgumentParser:
@@ -100,11 +117,13 @@ def build_parser() -> ArgumentParser:
     )
     requeue.add_argument("--user", help="only jobs of this user")
     requeue.add_argument(
-        "--job-id", type=int, action="append", default=[], metavar="ID",
+        "--job-id", type=job_id_argument, action="append", default=[], metavar="ID",
         help="only this job; repeat for more (each must be in_progress)",
     )
     requeue.add_argument("--to", choices=(NEW, FAILED), default=NEW, help="the new status (default: %(default)s)")
-    requeue.add_argument("--reason", help="reason stored with --to failed (default: runner gone)")
+    requeue.add_argument(
+        "--reason", help="reason stored with --to failed (default: runner gone); only valid with --to failed",
+    )
     requeue.add_argument("--dry-run", action="store_true", help="list the jobs and change nothing")
 
     add(
@@ -134,7 +153,9 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_combinations(parser, args)
     logging.basicConfig(level=logging.WARNING, format="poller-recover: %(levelname)s: %(message)s", stream=sys.stderr)
     if args.command in ("check", "repair"):
         # Their reports list every warning recovery would log, so the log
@@ -148,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         warn("poller-recover: works only while no server runs on the directory; "
              "stop the server (SIGTERM) and run the command again")
         return EXIT_LOCKED
-    except DataDirMissing as exc:
+    except DataDirUnusable as exc:
         warn(f"poller-recover: {exc}")
         return EXIT_USAGE
     except RecoveryError as exc:
@@ -252,7 +273,7 @@ def run_import(args: argparse.Namespace) -> int:
     except ImportFileError as exc:
         warn(f"poller-recover: {exc}")
         return EXIT_FAILED
-    if args.dry_run and not os.path.isdir(args.data_dir):
+    if args.dry_run and not check_data_dir(args.data_dir, may_be_missing=True):
         plan = plan_import(JobStore(), format_name, rows, args.skip_existing)
     else:
         with locked(args.data_dir, write=not args.dry_run, create=True):

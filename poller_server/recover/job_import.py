@@ -14,7 +14,9 @@ Two formats are read, recognized by the keys of their rows:
 
 Ids and creation times are kept. Each job goes through the store's
 ``plan_import`` and the journal, so the next id continues after the highest
-imported one. Imported jobs carry no lease, even when ``in_progress``.
+imported one. An id below the directory's next id that no job has is
+rejected: it belonged to a job that was deleted or lost, and a runner or user
+may still know it, so it is never given to another job. Imported jobs carry no lease, even when ``in_progress``.
 """
 
 import json
@@ -31,6 +33,7 @@ EXPORT_FORMAT = "export"
 LEGACY_FORMAT = "legacy dump"
 MAX_JOB_ID = 2**63 - 1
 EXISTS = "already exists in the data directory"
+LEGACY_KEYS = {"model", "pk", "fields"}
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -83,7 +86,7 @@ def read_import_file(path: str) -> tuple[str, list]:
         return EXPORT_FORMAT, []
     if not isinstance(document, list):
         raise ImportFileError(f"{path} contains a JSON {type(document).__name__}; expected an array of jobs")
-    if document and all(isinstance(row, dict) and "fields" in row and "pk" in row for row in document):
+    if is_legacy_dump(document):
         return LEGACY_FORMAT, document
     if all(isinstance(row, dict) and "job_id" in row for row in document):
         return EXPORT_FORMAT, document
@@ -91,6 +94,19 @@ def read_import_file(path: str) -> tuple[str, list]:
         f"{path} is neither a poller-recover export (objects with job_id) nor a "
         "legacy dump (objects with pk and fields); a file must use one format throughout"
     )
+
+
+def is_legacy_dump(rows: list) -> bool:
+    """Tell whether ``rows`` is a legacy dump, even one with some incomplete rows.
+
+    It is one when no row is an export row, every row is an object with at
+    least one of the dump's keys (``model``, ``pk``, ``fields``), and at
+    least one row has both ``pk`` and ``fields``. Rows that lack a key are
+    then rejected one by one, naming what is missing.
+    """
+    if not all(isinstance(row, dict) and "job_id" not in row and LEGACY_KEYS & row.keys() for row in rows):
+        return False
+    return any("pk" in row and "fields" in row for row in rows)
 
 
 def plan_import(store: JobStore, format_name: str, rows: list, skip_existing: bool) -> ImportPlan:
@@ -113,6 +129,12 @@ def plan_import(store: JobStore, format_name: str, rows: list, skip_existing: bo
             target = plan.skipped if skip_existing else plan.rejected
             target.append(Rejection(position, job.job_id, f"job {job.job_id} {EXISTS}"))
             continue
+        if job.job_id < store.next_id:
+            plan.rejected.append(Rejection(position, job.job_id, (
+                f"job id {job.job_id} is below the data directory's next id {store.next_id} "
+                "and no job has it: it belonged to a deleted or lost job, and ids are never reused"
+            )))
+            continue
         plan.jobs.append(job)
     plan.jobs.sort(key=lambda job: job.job_id)
     return plan
@@ -121,10 +143,14 @@ def plan_import(store: JobStore, format_name: str, rows: list, skip_existing: bo
 def parse_legacy_row(row: dict) -> Job:
     if str(row.get("model", "")).lower() != LEGACY_MODEL:
         raise InvalidRow(f"model {row.get('model')!r} is not {LEGACY_MODEL}")
+    if "pk" not in row:
+        raise InvalidRow("the row has no pk")
+    job_id = _check_job_id(row["pk"], "pk")
+    if "fields" not in row:
+        raise InvalidRow(f"the row with pk {job_id} has no fields object")
     fields = row["fields"]
     if not isinstance(fields, dict):
         raise InvalidRow("fields is not an object")
-    job_id = _check_job_id(row["pk"], "pk")
     user = _check(validate_user, fields.get("user"))
     status = _check(validate_status, fields.get("status"))
     created = parse_time(fields.get("created"), "created")
