@@ -334,12 +334,17 @@ class ClientBase:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"invalid server URL {url!r}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+        # A URL copied from the API docs ends in /poller/update/; the client adds that itself.
+        base_path = parts.path.rstrip("/")
+        if base_path.endswith(API_PATH.rstrip("/")):
+            base_path = base_path[: -len(API_PATH.rstrip("/"))]
+            url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, base_path, "", ""))
         self.url = url.rstrip("/")
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.netloc = parts.netloc
-        self.path = parts.path.rstrip("/") + API_PATH
+        self.path = base_path + API_PATH
         self.endpoint = f"{parts.scheme}://{parts.netloc}{self.path}"
         self.token = read_token(token, token_file)
         self.ca_file = ca_file

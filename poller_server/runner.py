@@ -122,13 +122,20 @@ def build_environment(job: Job, job_file: str, base: dict[str, str]) -> dict[str
     env["POLLER_JOB_ID"] = str(job["job_id"])
     env["POLLER_USER"] = job["user"]
     env["POLLER_JOB_FILE"] = job_file
+    sources: dict[str, str] = {}
     for key, value in job_config(job).items():
         text = text_value(value)
         if "\0" in text:
             logger.warning("Job %d: configuration field %r contains a NUL character; not passed in the environment",
                            job["job_id"], key)
             continue
-        env[config_env_name(key)] = text
+        name = config_env_name(key)
+        if name in sources:
+            # Keys such as stop_n and stop-n map to one name; the job file keeps both.
+            logger.warning("Job %d: configuration fields %r and %r both map to %s; %s gets the value of %r",
+                           job["job_id"], sources[name], key, name, name, key)
+        sources[name] = key
+        env[name] = text
     return env
 
 

@@ -595,3 +595,11 @@ def test_post_sends_json_body(mock, make_client):
     assert json.loads(request["body"]) == {
         "request": "new", "user": "zoë", "config_options": {"mppwidth": 240, "casename": "é"},
     }
+
+
+@pytest.mark.parametrize("suffix", ["/poller/update/", "/poller/update"])
+def test_url_copied_with_api_path_works(server, suffix):
+    client = PollerClient(server.url + suffix)
+    assert client.url == server.url
+    assert client.create("jdoe", {"n": 1})["job_id"] == 1
+    assert client.get(1)["user"] == "jdoe"

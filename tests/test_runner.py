@@ -385,3 +385,12 @@ def test_example_runner_script(server_factory, tmp_path):
         log.close()
     assert client.get(good["job_id"])["status"] == "complete"
     assert client.get(bad["job_id"])["reason"].startswith("exit status 5: checked")
+
+
+def test_colliding_config_names_are_logged(caplog):
+    job = {"job_id": 3, "user": "jdoe", "status": "in_progress", "stop-n": 6, "stop_n": 12}
+    with caplog.at_level("WARNING", logger="poller_server.runner"):
+        env = build_environment(job, "/tmp/job.json", {})
+    assert env["POLLER_CONFIG_STOP_N"] == "12"
+    assert any("'stop-n' and 'stop_n' both map to POLLER_CONFIG_STOP_N" in record.getMessage()
+               for record in caplog.records)
