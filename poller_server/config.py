@@ -102,14 +102,14 @@ class Config:
         }
         for name, value in positive.items():
             if value <= 0:
-                raise ValueError(f"invalid --{name.replace('_', '-')} {value}: must be greater than 0")
+                raise ValueError(f"invalid --{name.replace('_', '-')} {value:g}: must be greater than 0")
         for name in ("snapshot_interval", "snapshot_every", "max_jobs"):
             if getattr(self, name) < 0:
-                raise ValueError(f"invalid --{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+                raise ValueError(f"invalid --{name.replace('_', '-')} {getattr(self, name):g}: must not be negative")
         if not 0 <= self.max_wait <= 3600:
-            raise ValueError(f"invalid --max-wait {self.max_wait}: must be 0 to 3600 seconds")
+            raise ValueError(f"invalid --max-wait {self.max_wait:g}: must be 0 to 3600 seconds")
         if self.lease > self.max_lease:
-            raise ValueError(f"invalid --lease {self.lease}: must not exceed --max-lease {self.max_lease}")
+            raise ValueError(f"invalid --lease {self.lease:g}: must not exceed --max-lease {self.max_lease:g}")
         if bool(self.certfile) != bool(self.keyfile):
             raise ValueError("invalid TLS options: --certfile and --keyfile must be given together")
         if self.ca_file and not self.certfile:
