@@ -137,7 +137,7 @@ class TestRepair:
         assert [job["job_id"] for job in jobs] == [1, 2, 3, 4, 5]
         assert [job["casename"] for job in jobs] == [run["casename"] for run in load_runs()[:5]]
 
-    def test_mid_file_corruption_quarantined_with_ids(self, server_factory, tmp_path):
+    def test_cut_only_quarantines_mid_file_corruption_with_ids(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
         segment = journal_with_jobs(server_factory, data_dir, 10)
         bad_offset = corrupt_record(segment, 3)
@@ -147,9 +147,10 @@ class TestRepair:
         assert check.returncode == 2, check.stdout + check.stderr
         assert f"offset {bad_offset}" in check.stdout
 
-        repair = run_recover("repair", "--json", "--data-dir", str(data_dir))
+        repair = run_recover("repair", "--cut-only", "--json", "--data-dir", str(data_dir))
         assert repair.returncode == 0, repair.stdout + repair.stderr
         result = json.loads(repair.stdout)
+        assert result["mode"] == "cut"
         # Record 4 created job 4 but fails its CRC; records 5 to 10 still decode.
         assert result["lost_job_ids"] == [5, 6, 7, 8, 9, 10]
         assert result["lost_records"] == 6
@@ -168,21 +169,21 @@ class TestRepair:
         created = server.call("POST", request="new", user="jdoe", casename="resubmitted")
         assert created.json["job_id"] == 11
 
-    def test_text_report_names_lost_ids(self, server_factory, tmp_path):
+    def test_cut_only_text_report_names_lost_ids(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
         segment = journal_with_jobs(server_factory, data_dir, 4)
         corrupt_record(segment, 1)
         backups = tmp_path / "backups"
         backups.mkdir()
 
-        repair = run_recover("repair", "--backup-dir", str(backups), "--data-dir", str(data_dir))
+        repair = run_recover("repair", "--cut-only", "--backup-dir", str(backups), "--data-dir", str(data_dir))
         assert repair.returncode == 0, repair.stdout + repair.stderr
         assert "job ids they touched: 3, 4" in repair.stdout
         assert "cannot be known" in repair.stdout
         assert [path.name for path in backups.glob("repair-backup-*/*")] == [segment.name]
         assert not list(data_dir.glob("repair-backup-*"))
 
-    def test_lost_segment_cuts_after_gap(self, server_factory, tmp_path):
+    def test_cut_only_after_lost_segment(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
         runs = load_runs()
         for start in (0, 3, 6):
@@ -194,7 +195,7 @@ class TestRepair:
         segments[1].unlink()
 
         assert run_recover("check", "--data-dir", str(data_dir)).returncode == 2
-        repair = run_recover("repair", "--json", "--data-dir", str(data_dir))
+        repair = run_recover("repair", "--cut-only", "--json", "--data-dir", str(data_dir))
         assert repair.returncode == 0, repair.stdout + repair.stderr
         result = json.loads(repair.stdout)
         assert result["missing_seqs"] == [4, 6]
@@ -266,6 +267,116 @@ class TestRepair:
             run_recover(*args, "--data-dir", str(data_dir))
         assert checksums(data_dir) == before
         assert sorted(os.listdir(data_dir)) == sorted(before)
+
+
+def journal_segments(data_dir: Path) -> list[Path]:
+    return [Path(path) for _, path in list_segments(str(data_dir)) if os.path.getsize(path) > 16]
+
+
+class TestSalvage:
+    def test_readable_records_after_damage_kept(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
+        create_jobs(server, load_runs()[:14])
+        assert server.call("POST", request="complete", job_id="14").code == 200
+        assert server.call("POST", request="complete", job_id="5").code == 200
+        server.kill9()
+        segment = only_segment(data_dir)
+        # Seq 3 created job 3 and seq 14 job 14; seq 15 completes job 14.
+        offsets = record_offsets(segment)
+        first_bad, second_bad = offsets[2][0], offsets[13][0]
+        data = bytearray(segment.read_bytes())
+        for offset in (first_bad, second_bad):
+            data[offset + 20] ^= 0xFF
+        segment.write_bytes(bytes(data))
+        damaged = segment.read_bytes()
+        before = checksums(data_dir)
+
+        dry_run = run_recover("repair", "--dry-run", "--json", "--data-dir", str(data_dir))
+        assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
+        assert checksums(data_dir) == before
+        planned = json.loads(dry_run.stdout)
+        assert planned["mode"] == "salvage"
+
+        repair = run_recover("repair", "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        text = repair.stdout
+        assert "Applied (11):" in text
+        assert "seq 16 in " + segment.name in text
+        assert "Skipped (1):" in text
+        assert "seq 15 (job ids: 14): move job 14 to complete: job 14 does not exist" in text
+        assert f"bytes at offset {first_bad}" in text and f"bytes at offset {second_bad}" in text
+        assert "covering seq 16: 12 jobs, next job id 15" in text
+        assert "job ids they touched: 14" in text
+
+        salvage = planned["salvage"]
+        assert [record["seq"] for record in salvage["applied"]] == [*range(4, 14), 16]
+        assert [(record["seq"], record["job_ids"]) for record in salvage["skipped"]] == [(15, [14])]
+        assert salvage["snapshot_seq"] == 16
+        assert salvage["next_id"] == 15
+        assert planned["lost_job_ids"] == [14]
+
+        backups = list(data_dir.glob("repair-backup-*"))
+        assert len(backups) == 1 and (backups[0] / segment.name).read_bytes() == damaged
+        quarantined = list(data_dir.glob(segment.name + ".quarantine-*"))
+        assert [q.read_bytes() for q in quarantined] == [damaged[first_bad:]]
+        assert segment.read_bytes() == damaged[:first_bad]
+        assert [seq for seq, _ in list_snapshots(str(data_dir))] == [16]
+        assert run_recover("check", "--data-dir", str(data_dir)).returncode == 0
+
+        server = server_factory(data_dir=data_dir)
+        jobs = {job["job_id"]: job for job in listing(server)}
+        assert sorted(jobs) == [1, 2, *range(4, 14)]
+        assert jobs[5]["status"] == "complete"
+        assert jobs[4]["casename"] == load_runs()[3]["casename"]
+        created = server.call("POST", request="new", user="jdoe", casename="resubmitted")
+        assert created.json["job_id"] == 15
+
+    def test_garbage_after_older_segment_keeps_later_segments(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        runs = load_runs()
+        for start in (0, 3, 6):
+            server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
+            create_jobs(server, runs[start:start + 3])
+            server.kill9()
+        first, second, third = journal_segments(data_dir)
+        clean_size = first.stat().st_size
+        with open(first, "ab") as f:
+            f.write(b"\x00garbage that is no journal record\xff" * 3)
+        assert run_recover("check", "--data-dir", str(data_dir)).returncode == 2
+
+        repair = run_recover("repair", "--json", "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        result = json.loads(repair.stdout)
+        assert [record["seq"] for record in result["salvage"]["applied"]] == list(range(4, 10))
+        assert result["salvage"]["skipped"] == []
+        assert result["lost_records"] == 0
+        assert result["segments_to_cut"] == [[str(first), clean_size]]
+        assert first.stat().st_size == clean_size
+        assert second.exists() and third.exists()
+        assert result["after"]["exit_status"] == 0
+
+        server = server_factory(data_dir=data_dir)
+        assert [job["job_id"] for job in listing(server)] == list(range(1, 10))
+        assert server.call("POST", request="new", user="jdoe").json["job_id"] == 10
+
+    def test_lost_segment_later_records_applied(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        runs = load_runs()
+        for start in (0, 3, 6):
+            server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
+            create_jobs(server, runs[start:start + 3])
+            server.kill9()
+        journal_segments(data_dir)[1].unlink()
+
+        repair = run_recover("repair", "--json", "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        result = json.loads(repair.stdout)
+        assert result["missing_seqs"] == [4, 6]
+        assert [record["job_ids"] for record in result["salvage"]["applied"]] == [[7], [8], [9]]
+        server = server_factory(data_dir=data_dir)
+        assert [job["job_id"] for job in listing(server)] == [1, 2, 3, 7, 8, 9]
+        assert server.call("POST", request="new", user="jdoe").json["job_id"] == 10
 
 
 class TestRequeue:

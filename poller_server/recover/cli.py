@@ -100,10 +100,16 @@ def build_parser() -> ArgumentParser:
     repair = add(
         "repair",
         "Make the data directory startable: back up the files it changes, move invalid snapshots "
-        "and the journal from its first bad record on into quarantine files, and list the "
-        "records and job ids dropped.",
+        "and damaged journal bytes into quarantine files, apply the readable records after the "
+        "damage that still apply and write a snapshot of the result, and list the records and "
+        "job ids dropped.",
     )
     repair.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    repair.add_argument(
+        "--cut-only", action="store_true",
+        help="drop every record from the first bad one on, instead of applying the readable "
+        "records after it that still apply",
+    )
     repair.add_argument(
         "--backup-dir", metavar="DIR",
         help="folder in which the timestamped backup folder is made (default: the data directory)",
@@ -199,11 +205,11 @@ def run_repair(args: argparse.Namespace) -> int:
     # Plan under the read-only lock first, so a dry run, a refusal or a clean
     # directory leaves every byte as it was, the lock file included.
     with locked(args.data_dir, write=False):
-        plan = plan_repair(diagnose(args.data_dir), args.backup_dir)
+        plan = plan_repair(diagnose(args.data_dir), args.backup_dir, args.cut_only)
     if not (args.dry_run or plan.blocked is not None or plan.nothing_to_do):
         with locked(args.data_dir, write=True):
             # Plan again: a server may have run between the two locks.
-            plan = plan_repair(diagnose(args.data_dir), args.backup_dir)
+            plan = plan_repair(diagnose(args.data_dir), args.backup_dir, args.cut_only)
             if not (plan.blocked is not None or plan.nothing_to_do):
                 if not args.json:
                     output.print_plan(plan, say, dry_run=False)

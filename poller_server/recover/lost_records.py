@@ -43,18 +43,27 @@ class CutRange:
 
 def read_cut_range(path: str, offset: int) -> CutRange:
     """Decode the bytes of the segment ``path`` from ``offset`` to its end."""
+    cut = CutRange(path, offset, 0)
+    records, cut.bytes = readable_records(path, offset, cut.unreadable)
+    for record in records:
+        cut.changes.append(describe(record))
+    return cut
+
+
+def readable_records(path: str, offset: int, unreadable: list[tuple[int, int]]) -> tuple[list[Record], int]:
+    """Return the records of ``path`` from ``offset`` on that pass their CRC, and the byte count.
+
+    The ranges between them that hold no such record are added to ``unreadable``.
+    """
     with open(path, "rb") as f:
         data = f.read()
-    cut = CutRange(path, offset, len(data) - offset)
     start = offset
     if offset == 0 and len(data) >= FILE_HEADER.size and FILE_HEADER.unpack_from(data)[0] == MAGIC:
         start = FILE_HEADER.size
     elif offset < FILE_HEADER.size:
         # The file header itself is damaged: look for records anywhere.
         start = 0
-    for record in _scan(data, start, cut.unreadable):
-        cut.changes.append(_describe(record))
-    return cut
+    return _scan(data, start, unreadable), len(data) - offset
 
 
 def _scan(data: bytes, start: int, unreadable: list[tuple[int, int]]) -> list[Record]:
@@ -73,7 +82,7 @@ def _scan(data: bytes, start: int, unreadable: list[tuple[int, int]]) -> list[Re
     return records
 
 
-def _describe(record: Record) -> LostChange:
+def describe(record: Record) -> LostChange:
     try:
         change = decode_payload(record.payload)
         op = change["op"]

@@ -87,11 +87,44 @@ def print_plan(plan: RepairPlan, say: Print, dry_run: bool) -> None:
         say(f"  {verb} copy {path}")
     for path in plan.snapshots_to_quarantine:
         say(f"Invalid snapshot {path} {verb} move to a quarantine file")
+    if plan.salvage is not None:
+        print_salvage(plan, say, verb)
+        return
     if plan.cuts:
         say(f"Journal {verb} be cut; these bytes {verb} move to quarantine files:")
         for cut in plan.cuts:
             print_cut(cut, say)
     print_lost(plan, say)
+
+
+def print_salvage(plan: RepairPlan, say: Print, verb: str) -> None:
+    salvage = plan.salvage
+    assert salvage is not None
+    say(f"Readable records after the damage: {len(salvage.applied) + len(salvage.skipped)}")
+    say(f"Applied ({len(salvage.applied)}):" if salvage.applied else "Applied: none")
+    for record in salvage.applied:
+        say(f"  seq {record.seq} in {os.path.basename(record.path)} at offset {record.offset}: {record.description}")
+    say(f"Skipped ({len(salvage.skipped)}):" if salvage.skipped else "Skipped: none")
+    for record in salvage.skipped:
+        ids = ", ".join(str(job_id) for job_id in record.job_ids) or "none recorded"
+        say(f"  seq {record.seq} (job ids: {ids}): {record.description}: {record.reason}")
+    ranges = [(cut.path, offset, length) for cut in plan.cuts for offset, length in cut.unreadable]
+    say("Unreadable byte ranges:" if ranges else "Unreadable byte ranges: none")
+    for path, offset, length in ranges:
+        say(f"  {os.path.basename(path)}: {length} bytes at offset {offset}; the records in them cannot be known")
+    if plan.missing_seqs is not None:
+        first, last = plan.missing_seqs
+        say(f"Journal records seq {first} to {last} are missing: no segment file contains them.")
+    say(
+        f"A snapshot {verb} be written covering seq {salvage.snapshot_seq}: "
+        f"{plural(len(salvage.store), 'job')}, next job id {salvage.next_id}"
+    )
+    for path, offset in plan.segments_to_cut:
+        say(f"Damaged segment {path} {verb} be cut at offset {offset}; the bytes from there move to a quarantine file")
+    ids = ", ".join(str(job_id) for job_id in plan.lost_job_ids) or "none"
+    say(f"Records dropped that are still readable: {plan.lost_records}; job ids they touched: {ids}")
+    if ranges or plan.missing_seqs is not None:
+        say("The changes in unreadable or missing records are lost. Compare with what runners and users report.")
 
 
 def print_lost(plan: RepairPlan, say: Print) -> None:
@@ -116,6 +149,8 @@ def print_result(result: RepairResult, say: Print) -> None:
     say(f"Backed up {plural(len(result.backed_up), 'file')} to {result.plan.backup_dir}")
     for path in result.quarantined:
         say(f"Quarantined: {path}")
+    if result.plan.salvage is not None:
+        say(f"Snapshot written covering seq {result.plan.salvage.snapshot_seq}, next job id {result.plan.salvage.next_id}")
     if result.next_id_raised_to is not None:
         say(f"Next job id raised to {result.next_id_raised_to}, so no dropped job's id is handed out again")
     if result.after is not None:

@@ -1,18 +1,23 @@
-"""Making a data directory startable: back up, quarantine, cut, verify.
+"""Making a data directory startable: back up, quarantine, salvage or cut, verify.
 
 The plan is computed from a :class:`~.diagnosis.Diagnosis` and changes
 nothing, so ``repair --dry-run`` prints exactly what ``repair`` would do.
-Carrying it out:
+The cut starts at the first bad record, or at the first segment after a lost
+one, and runs to the end of the journal. When readable records lie in that
+range, the default is to salvage them (see :mod:`.salvage`); ``cut_only``
+drops them instead. Carrying the plan out:
 
 1. copy every file the repair changes into a new backup folder, fsynced;
 2. rename invalid snapshots to ``<name>.quarantine-<time>``;
-3. cut the journal at the first bad record, or at the first segment after a
-   lost one. The bytes from there to the end of that segment, and every later
-   segment whole, move to quarantine files through ``recovery.quarantine_tail``,
-   the code a server start uses for a torn tail;
-4. if a dropped record created a job whose id is not below the recovered
-   next id, write a snapshot with a higher next id, so the server never hands
-   out the id of a job a runner may still know;
+3. salvage: write a snapshot of the salvaged state with the server's snapshot
+   writer, covering the highest readable seq, then cut each damaged segment
+   at its first bad byte. Cut only: cut the journal at the cut point; the
+   bytes from there to the end of that segment, and every later segment
+   whole, move to quarantine files. Both cut through
+   ``recovery.quarantine_tail``, the code a server start uses for a torn tail;
+4. cut only: if a dropped record named a job id that is not below the
+   recovered next id, write a snapshot with a higher next id, so the server
+   never hands out the id of a job a runner may still know;
 5. read the directory again as a server start would, to verify.
 """
 
@@ -27,6 +32,7 @@ from ..snapshot import snapshot_name
 from .compaction import write_store_snapshot
 from .diagnosis import EXIT_CLEAN, Diagnosis, SegmentSummary, diagnose
 from .lost_records import CutRange, read_cut_range
+from .salvage import Salvage, SalvageError, plan_salvage
 
 BACKUP_PREFIX = "repair-backup-"
 
@@ -41,21 +47,50 @@ class RepairPlan:
     blocked: str | None = None
     # First and last seq that no journal segment contains, if a segment is lost.
     missing_seqs: tuple[int, int] | None = None
+    cut_only: bool = False
+    # The salvaged state; None when cutting only, or when no readable record
+    # follows the cut point, so there is nothing to salvage.
+    salvage: Salvage | None = None
+    # Salvage: (path, offset) of each damaged segment and its first bad byte.
+    damaged: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def nothing_to_do(self) -> bool:
         return not self.snapshots_to_quarantine and not self.cuts and self.blocked is None
 
     @property
+    def mode(self) -> str:
+        return "salvage" if self.salvage is not None else "cut"
+
+    @property
+    def segments_to_cut(self) -> list[tuple[str, int]]:
+        if self.salvage is not None:
+            return self.damaged
+        return [(cut.path, cut.offset) for cut in self.cuts]
+
+    @property
+    def replaced_snapshot(self) -> str | None:
+        """The snapshot file that the salvage snapshot replaces, if one has its name."""
+        if self.salvage is None:
+            return None
+        path = os.path.join(self.data_dir, snapshot_name(self.salvage.snapshot_seq))
+        return path if os.path.exists(path) and path not in self.snapshots_to_quarantine else None
+
+    @property
     def files_to_back_up(self) -> list[str]:
-        return [*self.snapshots_to_quarantine, *(cut.path for cut in self.cuts)]
+        replaced = [self.replaced_snapshot] if self.replaced_snapshot is not None else []
+        return [*self.snapshots_to_quarantine, *replaced, *(path for path, _ in self.segments_to_cut)]
 
     @property
     def lost_job_ids(self) -> list[int]:
+        if self.salvage is not None:
+            return self.salvage.skipped_job_ids
         return sorted({job_id for cut in self.cuts for job_id in cut.job_ids})
 
     @property
     def lost_records(self) -> int:
+        if self.salvage is not None:
+            return len(self.salvage.skipped)
         return sum(len(cut.changes) for cut in self.cuts)
 
     @property
@@ -65,10 +100,13 @@ class RepairPlan:
     def to_dict(self) -> dict:
         return {
             "data_dir": self.data_dir,
+            "mode": self.mode,
             "backup_dir": self.backup_dir,
             "files_to_back_up": self.files_to_back_up,
             "snapshots_to_quarantine": self.snapshots_to_quarantine,
             "cuts": [asdict(cut) for cut in self.cuts],
+            "segments_to_cut": self.segments_to_cut,
+            "salvage": self.salvage.to_dict() if self.salvage is not None else None,
             "lost_records": self.lost_records,
             "lost_job_ids": self.lost_job_ids,
             "unreadable_bytes": self.unreadable_bytes,
@@ -99,11 +137,11 @@ def utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
-def plan_repair(diagnosis: Diagnosis, backup_root: str | None = None) -> RepairPlan:
+def plan_repair(diagnosis: Diagnosis, backup_root: str | None = None, cut_only: bool = False) -> RepairPlan:
     """Work out what ``repair`` would change; read-only."""
     data_dir = diagnosis.data_dir
     backup_dir = _unused_path(os.path.join(backup_root or data_dir, BACKUP_PREFIX + utc_stamp()))
-    plan = RepairPlan(data_dir, backup_dir)
+    plan = RepairPlan(data_dir, backup_dir, cut_only=cut_only)
     report = diagnosis.report
     damage = report.corruption or report.torn_tail
     cut_path, cut_offset = (damage.path, damage.offset) if damage is not None else (None, 0)
@@ -128,6 +166,16 @@ def plan_repair(diagnosis: Diagnosis, backup_root: str | None = None) -> RepairP
     # Segments are listed in seq order, so everything after the cut follows it.
     for path in paths[paths.index(cut_path) + 1:]:
         plan.cuts.append(read_cut_range(path, 0))
+    if not cut_only and plan.lost_records:
+        try:
+            plan.salvage = plan_salvage(data_dir, plan.cuts)
+        except SalvageError as exc:
+            plan.blocked = f"{exc}. Repair cannot fix this automatically; restore the data directory from a backup"
+            return plan
+        plan.damaged = [
+            (segment.path, segment.damaged_offset)
+            for segment in diagnosis.segments if segment.damaged_offset is not None
+        ]
     return plan
 
 
@@ -167,8 +215,15 @@ def carry_out(plan: RepairPlan) -> RepairResult:
         os.rename(path, target)
         result.quarantined.append(target)
     fsync_directory(plan.data_dir)
-    for cut in plan.cuts:
-        result.quarantined.append(quarantine_tail(cut.path, cut.offset))
+    if plan.salvage is not None:
+        # The snapshot comes first: once it is in place it covers every
+        # salvaged record, so the cuts after it lose nothing it holds.
+        write_store_snapshot(plan.data_dir, plan.salvage.store, plan.salvage.snapshot_seq)
+    for path, offset in plan.segments_to_cut:
+        result.quarantined.append(quarantine_tail(path, offset))
+    if plan.salvage is not None:
+        result.after = diagnose(plan.data_dir)
+        return result
 
     after = diagnose(plan.data_dir)
     # NOTE: a job created in unreadable bytes has an unknown id, so it is
