@@ -305,7 +305,8 @@ class TestSalvage:
         assert "seq 16 in " + segment.name in text
         assert "Skipped (1):" in text
         assert "seq 15 (job ids: 14): move job 14 to complete: job 14 does not exist" in text
-        assert f"bytes at offset {first_bad}" in text and f"bytes at offset {second_bad}" in text
+        assert f"bytes at offset {first_bad}" in text
+        assert f"bytes at offset {second_bad}" in text
         assert "covering seq 16: 12 jobs, next job id 15" in text
         assert "job ids they touched: 14" in text
 
@@ -317,7 +318,8 @@ class TestSalvage:
         assert planned["lost_job_ids"] == [14]
 
         backups = list(data_dir.glob("repair-backup-*"))
-        assert len(backups) == 1 and (backups[0] / segment.name).read_bytes() == damaged
+        assert len(backups) == 1
+        assert (backups[0] / segment.name).read_bytes() == damaged
         quarantined = list(data_dir.glob(segment.name + ".quarantine-*"))
         assert [q.read_bytes() for q in quarantined] == [damaged[first_bad:]]
         assert segment.read_bytes() == damaged[:first_bad]
@@ -353,7 +355,8 @@ class TestSalvage:
         assert result["lost_records"] == 0
         assert result["segments_to_cut"] == [[str(first), clean_size]]
         assert first.stat().st_size == clean_size
-        assert second.exists() and third.exists()
+        assert second.exists()
+        assert third.exists()
         assert result["after"]["exit_status"] == 0
 
         server = server_factory(data_dir=data_dir)

@@ -11,7 +11,7 @@ drops them instead. Carrying the plan out:
 2. rename invalid snapshots to ``<name>.quarantine-<time>``;
 3. salvage: write a snapshot of the salvaged state with the server's snapshot
    writer, covering the highest readable seq, then cut each damaged segment
-   at its first bad byte. Cut only: cut the journal at the cut point; the
+   at its first bad byte. Cut only: cut the journal at the cut point, so the
    bytes from there to the end of that segment, and every later segment
    whole, move to quarantine files. Both cut through
    ``recovery.quarantine_tail``, the code a server start uses for a torn tail;

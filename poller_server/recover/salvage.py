@@ -6,10 +6,10 @@ the many that still pass their CRC. Salvage rebuilds the state instead:
 1. load the newest valid snapshot and replay the journal up to the first
    cut, as a server start does;
 2. take every record in the cut ranges that passes its CRC, in journal
-   order, and apply it to the store when it still applies: its seq is above
-   the last one applied, and the store's ``apply`` accepts it with the checks
-   recovery makes (a job it touches exists, a job it creates does not).
-   A record that fails is skipped and reported with its seq and job ids;
+   order. Apply it when its seq is above the last one applied and the
+   store's ``apply`` accepts it with the checks recovery makes: a job it
+   changes exists, and a job it creates does not. Any other record is
+   skipped and reported with its seq and job ids;
 3. set the next job id above every id that any readable record names, and
    plan a snapshot of the result covering the highest readable seq, so a
    server start replays nothing from the damaged journal.
