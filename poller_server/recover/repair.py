@@ -53,6 +53,9 @@ class RepairPlan:
     salvage: Salvage | None = None
     # Salvage: (path, offset) of each damaged segment and its first bad byte.
     damaged: list[tuple[str, int]] = field(default_factory=list)
+    # Salvage: an existing snapshot file that the new snapshot replaces, found
+    # when planning, so the report still names it after the repair.
+    replaced_snapshot: str | None = None
 
     @property
     def nothing_to_do(self) -> bool:
@@ -67,14 +70,6 @@ class RepairPlan:
         if self.salvage is not None:
             return self.damaged
         return [(cut.path, cut.offset) for cut in self.cuts]
-
-    @property
-    def replaced_snapshot(self) -> str | None:
-        """The snapshot file that the salvage snapshot replaces, if one has its name."""
-        if self.salvage is None:
-            return None
-        path = os.path.join(self.data_dir, snapshot_name(self.salvage.snapshot_seq))
-        return path if os.path.exists(path) and path not in self.snapshots_to_quarantine else None
 
     @property
     def files_to_back_up(self) -> list[str]:
@@ -172,6 +167,9 @@ def plan_repair(diagnosis: Diagnosis, backup_root: str | None = None, cut_only: 
         except SalvageError as exc:
             plan.blocked = f"{exc}. Repair cannot fix this automatically; restore the data directory from a backup"
             return plan
+        replaced = os.path.join(data_dir, snapshot_name(plan.salvage.snapshot_seq))
+        if os.path.exists(replaced) and replaced not in plan.snapshots_to_quarantine:
+            plan.replaced_snapshot = replaced
         plan.damaged = [
             (segment.path, segment.damaged_offset)
             for segment in diagnosis.segments if segment.damaged_offset is not None
