@@ -1,7 +1,7 @@
 """HTTP handlers for ``/poller/update/``.
 
 Each request runs the same steps: read and check the parameters, call one
-method of :class:`~poller_server.service.JobService`, write the answer.
+method of :class:`~poller_server.service.JobService`, write the response.
 Errors are raised as :class:`~poller_server.errors.PollerError` and turned
 into ``{"error": ...}`` answers in one place, :meth:`BaseHandler.write_error`.
 """
@@ -113,7 +113,7 @@ class BaseHandler(RequestHandler):
             if isinstance(error, (Unauthorized, Forbidden)):
                 self.set_header("WWW-Authenticate", error.challenge)
         elif status_code == 405:
-            # Tornado's own answer to a method the handler does not define.
+            # Tornado's own response to a method the handler does not define.
             allowed = self.allowed_methods()
             self.set_header("Allow", ", ".join(allowed))
             message = f"method {self.request.method} is not allowed here; use {' or '.join(allowed)}"
@@ -447,12 +447,17 @@ class PollerHandler(BaseHandler):
 def log_request(handler: RequestHandler) -> None:
     """Write one access-log line and record the request's latency in the app's metrics.
 
-    The line holds status, method, path, request type, job, user, token name
+    The line contains status, method, path, request type, job, user, token name
     and milliseconds; the same fields go to ``extra`` for the JSON log format.
     The token itself is never logged, only the name the token file gives it.
     """
     status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if status < 400:
+        level = logging.INFO
+    elif status < 500:
+        level = logging.WARNING
+    else:
+        level = logging.ERROR
     seconds = handler.request.request_time()
     request_type = getattr(handler, "request_type", None)
     metrics = handler.application.settings.get("metrics")

@@ -24,7 +24,7 @@ from .tls import make_ssl_context
 
 logger = logging.getLogger(__name__)
 
-# How long a clean stop waits for answers already being written.
+# How long a clean stop waits for responses that are still being written.
 SHUTDOWN_GRACE_SECONDS = 1.0
 
 
@@ -69,7 +69,7 @@ class Runtime:
         self.service.arm_recovered_leases()
 
     async def close(self, final_snapshot: bool = True) -> None:
-        """Answer waiters, flush the journal, write a last snapshot, release the lock."""
+        """Resolve waiters, flush the journal, write a last snapshot, release the lock."""
         self.service.close()
         self.snapshotter.stop()
         await self.snapshotter.wait_idle()
@@ -184,13 +184,13 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    # SIGUSR1 asks for a snapshot now, for operators and benchmarks.
+    # SIGUSR1 requests a snapshot now, for operators and benchmarks.
     loop.add_signal_handler(signal.SIGUSR1, runtime.snapshotter.request)
     # SIGHUP reloads the token file, as systemctl reload sends it.
     loop.add_signal_handler(signal.SIGHUP, reload_tokens, tokens)
     await stop.wait()
 
-    logger.info("Poller stopping: answering %d waiting requests", runtime.service.waiters.count)
+    logger.info("Poller stopping: responding to %d waiting requests with {}", runtime.service.waiters.count)
     http_server.stop()
     runtime.service.close()
     try:

@@ -359,7 +359,7 @@ class TestShutdown:
         time.sleep(1.0)
         server.proc.send_signal(15)
         assert server.wait_exit(timeout=30) == 0
-        assert "answering 1000 waiting requests" in server.log
+        assert "responding to 1000 waiting requests" in server.log
         for sock in sockets:
             sock.settimeout(10)
             data = b""
