@@ -1,7 +1,7 @@
 """The data directory: creating it and holding its lock.
 
 One process at a time may use a data directory. The lock is an ``flock`` on
-``DATA_DIR/lock``; the kernel drops it when the process dies, even by
+``DATA_DIR/lock``. The kernel drops it when the process dies, even by
 ``kill -9``, so a crashed server never leaves a stale lock behind.
 """
 
@@ -37,9 +37,9 @@ def lock_data_dir(data_dir: str) -> int:
             holder = os.read(fd, 64).decode(errors="replace").strip()
         finally:
             os.close(fd)
-        who = f" (process {holder})" if holder else ""
+        holder_text = f" (process {holder})" if holder else ""
         raise DataDirLocked(
-            f"data directory {data_dir} is in use by another poller process{who}; "
+            f"data directory {data_dir} is in use by another poller process{holder_text}; "
             "stop it first or choose another --data-dir"
         ) from None
     os.ftruncate(fd, 0)

@@ -1,4 +1,4 @@
-"""Exceptions that map to HTTP answers.
+"""Exceptions that map to HTTP error responses.
 
 Every error the server reports to a client is a :class:`PollerError`. The
 handlers raise these and one place, ``BaseHandler.write_error``, turns them
@@ -8,7 +8,7 @@ into a JSON body ``{"error": message}`` with the status code the class names.
 
 import json
 
-# Longest part of a client's value that an error message repeats.
+# Maximum number of characters of a client's value that an error message repeats.
 SHOWN_VALUE_LENGTH = 60
 
 

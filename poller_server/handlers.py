@@ -3,7 +3,7 @@
 Each request runs the same steps: read and check the parameters, call one
 method of :class:`~poller_server.service.JobService`, write the response.
 Errors are raised as :class:`~poller_server.errors.PollerError` and turned
-into ``{"error": ...}`` answers in one place, :meth:`BaseHandler.write_error`.
+into ``{"error": ...}`` responses in one place, :meth:`BaseHandler.write_error`.
 """
 
 import asyncio

@@ -2,7 +2,7 @@
 
 A job keeps its configuration as the UTF-8 JSON text of one object
 (``Job.config``), encoded once when the job is created. Reads splice that
-text into the answer instead of encoding the fields again, and a job costs
+text into the response instead of encoding the fields again, and a job costs
 one ``bytes`` object for its configuration instead of a dict of strings.
 """
 

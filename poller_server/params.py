@@ -119,7 +119,7 @@ def _parse_form(text: str, where: str) -> list[tuple[str, str]]:
 
 
 class Params(dict):
-    """Request parameters by name; ``from_json`` tells whether values keep JSON types."""
+    """Request parameters by name; ``from_json`` is true when values keep JSON types."""
 
     from_json = False
 

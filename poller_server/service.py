@@ -229,7 +229,7 @@ class JobService:
         await self._sync(claim.seq)
 
     async def undo_claim(self, claim: Claim) -> None:
-        """Put a claimed job back to ``new`` because its answer never reached the runner."""
+        """Put a claimed job back to ``new`` because its response never reached the runner."""
         job = self.store.get(claim.job_id)
         if job is None or job.status != IN_PROGRESS or job.lease_id != claim.lease_id:
             return
@@ -303,7 +303,7 @@ class JobService:
     # -- shutdown --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Resolve every waiting request with an empty answer and stop lease timers."""
+        """Resolve every waiting request with an empty response and stop lease timers."""
         self.closing = True
         self.waiters.finish_all()
         if self._lease_timer is not None:

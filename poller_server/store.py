@@ -143,7 +143,7 @@ class JobStore:
         }
 
     def plan_unclaim(self, job: Job, previous_runner: str | None, now: int) -> Change:
-        """Plan to undo a claim whose answer never reached the runner."""
+        """Plan to undo a claim whose response never reached the runner."""
         assert job.status == IN_PROGRESS, job.status
         assert job.attempts > 0, job.attempts
         return {"op": "unclaim", "job_id": job.job_id, "runner": previous_runner, "ts": now}
@@ -300,7 +300,7 @@ class JobStore:
         if status != IN_PROGRESS:
             job.lease_expires = None
         # A complete or failed job keeps the id of its last lease, so that a
-        # runner repeating the report that ended the lease gets the same answer.
+        # runner repeating the report that ended the lease gets the same response.
         if status in (NEW, IN_PROGRESS):
             job.lease_id = None
         if status != FAILED:

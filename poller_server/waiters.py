@@ -104,7 +104,7 @@ class WaiterQueues:
             claim(job, claimer)
 
     def finish_all(self) -> None:
-        """Resolve every waiter with None (an empty answer), as on shutdown."""
+        """Resolve every waiter with None (an empty response), as on shutdown."""
         for queues in (self._claimers, self._peekers):
             for queue in list(queues.values()):
                 for waiter in list(queue.values()):

@@ -153,7 +153,7 @@ class ServerProcess:
 
     def call(self, method: str = "GET", json_body=None, timeout: float = 20, headers: dict | None = None,
              ssl_context=None, url_path: str | None = None, **params) -> Response:
-        """Send one request with urllib and return the answer, errors included.
+        """Send one request with urllib and return the response, errors included.
 
         ``url_path`` (for example "/healthz") replaces the job API endpoint;
         ``ssl_context`` is used for https URLs.

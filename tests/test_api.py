@@ -31,7 +31,8 @@ class TestCreate:
         assert job["id"] == 1
         assert job["user"] == "jdoe"
         assert job["status"] == "new"
-        assert job["created"].endswith("Z") and job["created"] == job["updated"]
+        assert job["created"].endswith("Z")
+        assert job["created"] == job["updated"]
         assert job["casename"] == "F1850.ne30"
         assert job["mppwidth"] == "240"  # form values stay strings
 

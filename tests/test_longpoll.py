@@ -351,7 +351,7 @@ class TestShutdown:
         port = int(server.url.rsplit(":", 1)[1])
         sockets = [open_waiting_socket(port, "request=next&claim=1&wait=60") for _ in range(1000)]
         deadline = time.monotonic() + 20
-        # A peek without wait is answered after the waiting requests ahead of it were read.
+        # A peek without wait gets its response after the waiting requests ahead of it were read.
         while time.monotonic() < deadline:
             time.sleep(0.5)
             if server.call("GET", request="all").code == 200 and len(server.lines) >= 2:
