@@ -241,7 +241,9 @@ def test_killed_runner_job_finished_by_second(server_factory, start_runner):
     server = server_factory()
     client = PollerClient(server.url)
     job = client.create("jdoe", {"casename": "survives"})
-    first = start_runner(server.url, ["--wait", "1", "--lease", "2"], python(RUN_UNTIL_ORPHANED), name="first")
+    # A 3 s lease heartbeated every second leaves room for a loaded machine's
+    # stalls; a missed heartbeat would requeue the job and count one more attempt.
+    first = start_runner(server.url, ["--wait", "1", "--lease", "3"], python(RUN_UNTIL_ORPHANED), name="first")
     assert wait_for(lambda: job_status(client, job["job_id"], "in_progress"), 15), first.log
 
     first.proc.send_signal(signal.SIGKILL)
