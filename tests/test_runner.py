@@ -35,9 +35,11 @@ if width > %d:
     sys.exit(3)
 """ % MAX_MPPWIDTH
 
-# Runs until its parent (the runner) goes away, at most 30 s.
+# Creates the file named by its argument once it runs, then runs until its parent
+# (the runner) goes away, at most 30 s.
 RUN_UNTIL_ORPHANED = (
-    "import os, time\n"
+    "import os, sys, time\n"
+    "open(sys.argv[1], 'w').close()\n"
     "parent = os.getppid()\n"
     "deadline = time.time() + 30\n"
     "while os.getppid() == parent and time.time() < deadline:\n"
@@ -237,14 +239,20 @@ def test_heartbeat_keeps_lease(server_factory, start_runner):
     assert done["attempts"] == 1
 
 
-def test_killed_runner_job_finished_by_second(server_factory, start_runner):
+def test_killed_runner_job_finished_by_second(server_factory, start_runner, tmp_path):
     server = server_factory()
     client = PollerClient(server.url)
     job = client.create("jdoe", {"casename": "survives"})
     # A 3 s lease heartbeated every second leaves room for a loaded machine's
     # stalls; a missed heartbeat would requeue the job and count one more attempt.
-    first = start_runner(server.url, ["--wait", "1", "--lease", "3"], python(RUN_UNTIL_ORPHANED), name="first")
-    assert wait_for(lambda: job_status(client, job["job_id"], "in_progress"), 15), first.log
+    started = tmp_path / "command-started"
+    first = start_runner(server.url, ["--wait", "1", "--lease", "3"], python(RUN_UNTIL_ORPHANED, str(started)),
+                         name="first")
+    # Kill only once the command runs: a runner killed before the claim's answer reached
+    # it never held the job, and the server rightly undoes such a claim without counting
+    # an attempt.
+    assert wait_for(started.exists, 15), first.log
+    assert job_status(client, job["job_id"], "in_progress"), client.get(job["job_id"])
 
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(10)
