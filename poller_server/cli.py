@@ -1,7 +1,6 @@
 """The ``poller-server`` command line."""
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -12,6 +11,8 @@ from .auth import TokenFileError
 from .config import Config, config_fields
 from .datadir import DataDirLocked
 from .errors import StartupError, describe_os_error
+from .event_loop import resolve_event_loop
+from .event_loop import run as run_event_loop
 from .logs import setup_logging
 from .recovery import RecoveryError
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from .server import serve
 
     try:
-        asyncio.run(serve(config))
+        run_event_loop(serve(config), resolve_event_loop(config.event_loop))
     except (DataDirLocked, RecoveryError, TokenFileError, StartupError) as exc:
         logging.getLogger("poller_server").error("Poller cannot start: %s", exc)
         return 1

@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .event_loop import EVENT_LOOPS, uvloop_installed
+
 
 def option(default: Any, help: str, **extra: object) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -80,6 +82,11 @@ class Config:
         1048576, "longest configuration value of a job, in characters of its JSON text (a string's own length); "
         "longer ones get 400. The default equals the default --max-body-size (default: %(default)s)"
     )
+    event_loop: str = option(
+        "auto", "event loop: 'uvloop' (faster; installed with the server), 'asyncio' for the standard "
+        "one, or 'auto' for uvloop when it can be imported (default: %(default)s)",
+        choices=EVENT_LOOPS,
+    )
     log_format: str = option(
         "text", "log line format: 'text' for people, 'json' (one object a line) for log shippers "
         "(default: %(default)s)", choices=("text", "json"),
@@ -114,6 +121,11 @@ class Config:
             raise ValueError("invalid TLS options: --certfile and --keyfile must be given together")
         if self.ca_file and not self.certfile:
             raise ValueError("invalid --ca-file: client certificates need TLS, so give --certfile and --keyfile too")
+        if self.event_loop == "uvloop" and not uvloop_installed():
+            raise ValueError(
+                "invalid --event-loop uvloop: the uvloop package is not installed; install it with "
+                "pip install uvloop, or choose --event-loop asyncio"
+            )
         if not self.token_file and not self.allow_unauthenticated and not is_loopback(self.host):
             raise ValueError(
                 f"invalid --host {self.host!r} without --token-file: without tokens the server listens "

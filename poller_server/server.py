@@ -15,6 +15,7 @@ from .auth import TokenFile, count_tokens
 from .config import Config, is_loopback
 from .connections import LimitedHTTPServer
 from .errors import StartupError, describe_os_error
+from .event_loop import running_loop_name
 from .datadir import lock_data_dir, unlock_data_dir
 from .journal import Journal
 from .recovery import recover
@@ -176,8 +177,8 @@ async def serve(config: Config) -> None:
     scheme = "https" if ssl_context is not None else "http"
     addresses = ", ".join(f"{scheme}://{format_address(s)}" for s in sockets)
     logger.info(
-        "Poller listening on %s (data dir %s, fsync %s, %s)",
-        addresses, config.data_dir, config.fsync, describe_access(config, tokens),
+        "Poller listening on %s (data dir %s, fsync %s, event loop %s, %s)",
+        addresses, config.data_dir, config.fsync, running_loop_name(), describe_access(config, tokens),
     )
 
     stop = asyncio.Event()

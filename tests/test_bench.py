@@ -79,6 +79,7 @@ def test_quick_run_reports_every_scenario(bench_temp):
     for name, scenario in report["scenarios"].items():
         check_scenario(name, scenario)
     assert {"cpus", "cpu_model", "memory_gb", "python", "tornado"} <= set(report["machine"])
+    assert report["event_loop"] == "uvloop"
     assert list(bench_temp.iterdir()) == [], "the benchmark left files behind"
     assert leftover_processes(str(bench_temp)) == []
 
@@ -97,11 +98,13 @@ def test_missing_tools_are_skipped_with_reason(bench_temp, tmp_path):
     assert report["load_generator"] == "python"
 
 
-def test_python_load_generator_runs_read(bench_temp):
-    completed = run_bench("--quick", "--scenario", "read", "--python-load", "--temp-dir", str(bench_temp))
+def test_python_load_generator_runs_read_on_standard_loop(bench_temp):
+    completed = run_bench("--quick", "--scenario", "read", "--python-load", "--event-loop", "asyncio",
+                          "--temp-dir", str(bench_temp))
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(completed.stdout)
     assert report["load_generator"] == "python"
+    assert report["event_loop"] == "asyncio"
     check_scenario("read", report["scenarios"]["read"])
     assert report["scenarios"]["read"]["metrics"]["poller_job_rps"]["median"] > 0
 

@@ -56,6 +56,7 @@ def test_bad_environment_value_is_usage_error(env, fragment):
     (["--max-wait", "4000"], "--max-wait"),
     (["--lease", "0"], "--lease"),
     (["--fsync", "maybe"], "--fsync"),
+    (["--event-loop", "libev"], "--event-loop"),
 ])
 def test_bad_option_is_usage_error(args, fragment):
     result = run_cli(*args, "--data-dir", "/nonexistent/never-created")
@@ -87,6 +88,31 @@ def test_port_in_use_fails_with_message(server_factory, tmp_path):
     second = server_factory("--port", port, data_dir=tmp_path / "other", expect_listening=False)
     assert second.wait_exit() == 1
     assert "cannot start" in second.log
+
+
+def test_default_event_loop_is_uvloop(server_factory):
+    # uvloop is a dependency of the server, so "auto" picks it.
+    server = server_factory()
+    assert "event loop uvloop" in server.log
+
+
+def test_standard_event_loop_on_request(server_factory):
+    server = server_factory("--event-loop", "asyncio")
+    assert "event loop asyncio" in server.log
+    assert server.call("POST", request="new", user="u").code == 200
+    assert server.terminate() == 0
+
+
+def test_uvloop_asked_for_but_missing_is_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr("poller_server.config.uvloop_installed", lambda: False)
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--event-loop", "uvloop"], {})
+    assert exited.value.code == 2
+    message = capsys.readouterr().err
+    assert "--event-loop uvloop" in message
+    assert "pip install" in message
+    # "auto" falls back to the standard loop instead.
+    assert parse_config([], {}).event_loop == "auto"
 
 
 def test_module_and_console_script_agree():

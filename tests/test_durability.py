@@ -16,6 +16,9 @@ from poller_server.journal import list_segments, read_segment
 from poller_server.snapshot import list_snapshots
 
 NO_TIMED_SNAPSHOTS = ("--snapshot-interval", "0", "--snapshot-every", "0")
+# The server forks for snapshots and fsyncs in a worker thread; both must hold on
+# either event loop it can run on.
+EVENT_LOOPS = pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 
 
 def all_jobs(server) -> list[dict]:
@@ -47,9 +50,11 @@ def quarantine_files(data_dir: Path) -> list[Path]:
 
 
 class TestKill9:
-    def test_acknowledged_writes_survive_kill9(self, server_factory, tmp_path):
+    @EVENT_LOOPS
+    def test_acknowledged_writes_survive_kill9(self, server_factory, event_loop):
         """Concurrent creates and moves, kill -9 mid-flight: what was acknowledged is there, once."""
-        server = server_factory(*NO_TIMED_SNAPSHOTS)
+        server = server_factory(*NO_TIMED_SNAPSHOTS, "--event-loop", event_loop)
+        assert f"event loop {event_loop}" in server.log
         acknowledged_creates: dict[str, int] = {}
         acknowledged_moves: dict[int, str] = {}
         lock = threading.Lock()
@@ -268,8 +273,9 @@ class TestSnapshots:
         assert all_jobs(started) == []
         assert create(started)["job_id"] == 4
 
-    def test_snapshot_every_compacts_journal(self, server_factory):
-        server = server_factory("--snapshot-interval", "0", "--snapshot-every", "10")
+    @EVENT_LOOPS
+    def test_snapshot_every_compacts_journal(self, server_factory, event_loop):
+        server = server_factory("--snapshot-interval", "0", "--snapshot-every", "10", "--event-loop", event_loop)
         jobs = [create(server, n=str(i)) for i in range(35)]
         deadline = time.monotonic() + 10
         while len(list_snapshots(str(server.data_dir))) < 2 and time.monotonic() < deadline:
@@ -283,9 +289,10 @@ class TestSnapshots:
 
 
 class TestRestartState:
+    @EVENT_LOOPS
     @pytest.mark.parametrize("stop", ["kill9", "terminate"])
-    def test_state_identical_after_restart(self, server_factory, stop):
-        server = server_factory(*NO_TIMED_SNAPSHOTS)
+    def test_state_identical_after_restart(self, server_factory, stop, event_loop):
+        server = server_factory(*NO_TIMED_SNAPSHOTS, "--event-loop", event_loop)
         create(server, user="zoë", casename="B1850 ü", note="用户七 ✓")
         create(server, user="用户七", runspec="/User Documents/用户七/spec.json")
         create(server, user="jdoe", mppwidth="240")

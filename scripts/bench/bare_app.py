@@ -43,8 +43,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Serve a constant JSON body on /poller/update/.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="event loop to run on, as the poller's option of that name (default: %(default)s)")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    factory = None
+    if args.event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

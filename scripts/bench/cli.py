@@ -11,11 +11,13 @@ from pathlib import Path
 
 import tornado
 
+from poller_server.event_loop import EVENT_LOOPS, resolve_event_loop, uvloop_installed
+
 from . import report, scenario_create, scenario_lifecycle, scenario_longpoll, scenario_read, scenario_scale
 from .context import FULL, QUICK, BenchContext, ScenarioResult
 from .datasets import DEFAULT_DATA_DIR, DataError
 from .load import PYTHON_FALLBACK_NOTE, wrk_path
-from .services import ServiceError, raise_open_file_limit, remove_tree
+from .services import ServiceError, raise_open_file_limit, remove_tree, use_event_loop
 
 SCENARIOS = {
     "read": scenario_read.run,
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temp-dir", type=Path, default=None,
                         help="where to create the temporary folder for data directories and binlogs "
                         "(default: the system's temporary folder); fsync cost depends on its file system")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
+                        help="event loop for the poller and the bare app alike: uvloop, asyncio, or auto "
+                        "for uvloop when it is installed (default: %(default)s)")
     parser.add_argument("--python-load", action="store_true",
                         help="use the Python load generator even when wrk is installed")
     return parser
@@ -90,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     names = args.scenario or list(SCENARIOS)
     sizes = QUICK if args.quick else FULL
     raise_open_file_limit(OPEN_FILES_WANTED)
+    event_loop = resolve_event_loop(args.event_loop)
+    if event_loop == "uvloop" and not uvloop_installed():
+        print("poller-bench: --event-loop uvloop needs the uvloop package: pip install -e '.[bench]'",
+              file=sys.stderr)
+        return 2
+    use_event_loop(event_loop)
     use_wrk = not args.python_load and wrk_path() is not None
     notes = []
     if not use_wrk:
@@ -112,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["scripts/poller-bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         "mode": "quick" if args.quick else "full",
         "load_generator": "wrk" if use_wrk else "python",
+        "event_loop": event_loop,
         "machine": describe_machine(Path(tempfile.gettempdir()) if args.temp_dir is None else args.temp_dir),
         "seconds": round(time.monotonic() - context.started, 1),
         "notes": notes,

@@ -49,6 +49,8 @@ def format_table(report: dict) -> str:
             lines.append(f"  {name}: {note}")
     for note in report["notes"]:
         lines.append(f"  note: {note}")
+    lines.append(f"  event loop of the poller and the bare app: {report['event_loop']}; "
+                 f"load generator: {report['load_generator']}")
     return "\n".join(lines)
 
 

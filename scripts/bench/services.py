@@ -153,6 +153,15 @@ class Service:
         self.stop()
 
 
+# The event loop both the poller and the bare app run on, so that they are
+# compared on the same stack; main() sets it from --event-loop.
+EVENT_LOOP = {"name": "asyncio"}
+
+
+def use_event_loop(name: str) -> None:
+    EVENT_LOOP["name"] = name
+
+
 class PollerServer(Service):
     """``poller-server`` on its own data directory.
 
@@ -182,6 +191,7 @@ class PollerServer(Service):
             # Every waiter keeps a connection open, and the benchmark's own clients need a few more.
             "--max-connections", str(self.max_waiters + 256),
             "--snapshot-interval", "0", "--snapshot-every", "0", "--log-level", self.log_level,
+            "--event-loop", EVENT_LOOP["name"],
         ]
 
 
@@ -191,7 +201,8 @@ class BareServer(Service):
     name = "bare Tornado app"
 
     def command(self) -> list[str]:
-        return [sys.executable, str(BENCH_DIR / "bare_app.py"), "--port", str(self.port)]
+        return [sys.executable, str(BENCH_DIR / "bare_app.py"), "--port", str(self.port),
+                "--event-loop", EVENT_LOOP["name"]]
 
 
 class Beanstalkd(Service):
