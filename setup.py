@@ -17,10 +17,12 @@ setup(
         "uvloop>=0.19",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-tornado>=0.8.1", "cryptography>=41"],
-        # scripts/poller-bench needs only the standard library, wrk and beanstalkd
-        # (Debian packages); py-spy samples the servers it starts when profiling.
-        "bench": ["py-spy>=0.3.14"],
+        # orjson lets the benchmark's test run the JSON comparison; the server does not use it.
+        "test": ["pytest>=7", "pytest-tornado>=0.8.1", "cryptography>=41", "orjson>=3.9"],
+        # scripts/poller-bench needs wrk and beanstalkd (Debian packages) besides the
+        # server's own dependencies; orjson is what its json scenario compares the
+        # standard library with, and py-spy samples the servers it starts when profiling.
+        "bench": ["orjson>=3.9", "py-spy>=0.3.14"],
     },
     entry_points={
         "console_scripts": [

@@ -14,7 +14,7 @@ import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BENCH = REPOSITORY / "scripts" / "poller-bench"
-SCENARIOS = {"read", "create", "lifecycle", "longpoll", "scale"}
+SCENARIOS = {"read", "create", "json", "lifecycle", "longpoll", "scale"}
 SUMMARY_KEYS = {"median", "min", "max", "unit", "rounds"}
 
 sys.path.insert(0, str(REPOSITORY / "scripts"))
@@ -82,6 +82,19 @@ def test_quick_run_reports_every_scenario(bench_temp):
     assert report["event_loop"] == "uvloop"
     assert list(bench_temp.iterdir()) == [], "the benchmark left files behind"
     assert leftover_processes(str(bench_temp)) == []
+
+
+def test_json_scenario_compares_with_orjson(bench_temp):
+    completed = run_bench("--quick", "--scenario", "json", "--temp-dir", str(bench_temp))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    json_scenario = json.loads(completed.stdout)["scenarios"]["json"]
+    check_scenario("json", json_scenario)
+    metrics = json_scenario["metrics"]
+    assert metrics["server_encode_us"]["median"] > 0
+    assert metrics["server_strict_parse_us"]["median"] > 0
+    assert metrics["orjson_encode_us"]["median"] > 0
+    # Both encoders give the same bytes for every real configuration.
+    assert metrics["orjson_encode_differs"]["median"] == 0
 
 
 def test_missing_tools_are_skipped_with_reason(bench_temp, tmp_path):

@@ -13,7 +13,8 @@ import tornado
 
 from poller_server.event_loop import EVENT_LOOPS, resolve_event_loop, uvloop_installed
 
-from . import report, scenario_create, scenario_lifecycle, scenario_longpoll, scenario_read, scenario_scale
+from . import (report, scenario_create, scenario_json, scenario_lifecycle, scenario_longpoll, scenario_read,
+               scenario_scale)
 from .context import FULL, QUICK, BenchContext, ScenarioResult
 from .datasets import DEFAULT_DATA_DIR, DataError
 from .load import PYTHON_FALLBACK_NOTE, wrk_path
@@ -22,6 +23,7 @@ from .services import ServiceError, raise_open_file_limit, remove_tree, use_even
 SCENARIOS = {
     "read": scenario_read.run,
     "create": scenario_create.run,
+    "json": scenario_json.run,
     "lifecycle": scenario_lifecycle.run,
     "longpoll": scenario_longpoll.run,
     "scale": scenario_scale.run,
