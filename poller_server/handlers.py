@@ -144,6 +144,15 @@ class BaseHandler(RequestHandler):
         self.set_header("Content-Type", JSON_TYPE)
         self.write(body)
 
+    # Responses carry no ETag. Tornado's default one hashes every GET response
+    # with SHA-1 on the busiest path, and job state changes too often for a
+    # conditional GET to save a body.
+    def compute_etag(self) -> None:
+        return None
+
+    def check_etag_header(self) -> bool:
+        return False
+
 
 class NotFoundHandler(BaseHandler):
     """Every path without a route: a JSON 404 that names the job API's path."""

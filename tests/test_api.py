@@ -261,6 +261,17 @@ class TestReads:
         assert (await api("GET", request="job", job_id=5)).body == b"{}"
 
     @pytest.mark.gen_test
+    async def test_reads_ignore_if_none_match(self, api):
+        job = await create(api)
+        first = await api("GET", request="job", job_id=job["job_id"])
+        assert first.code == 200
+        assert "Etag" not in first.headers
+        # A conditional GET still gets the job, never an empty 304.
+        again = await api("GET", request="job", job_id=job["job_id"], headers={"If-None-Match": "*"})
+        assert again.code == 200
+        assert again.json == job
+
+    @pytest.mark.gen_test
     async def test_listings_by_status_and_user(self, api):
         for user in ("a", "b", "a", "b", "a"):
             await create(api, user=user)
