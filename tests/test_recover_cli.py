@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import SHARED_DATA, load_runs
 
 from poller_server.journal import list_segments, read_segment
@@ -333,6 +335,34 @@ class TestSalvage:
         assert jobs[4]["casename"] == load_runs()[3]["casename"]
         created = server.call("POST", request="new", user="jdoe", casename="resubmitted")
         assert created.json["job_id"] == 15
+
+    @pytest.mark.parametrize("mode", ["salvage", "cut-only"])
+    def test_unreadable_last_create_id_not_reused(self, server_factory, tmp_path, mode):
+        data_dir = tmp_path / "data"
+        server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
+        create_jobs(server, load_runs()[:5])
+        assert server.call("POST", request="complete", job_id="2").code == 200
+        server.kill9()
+        segment = only_segment(data_dir)
+        # Seq 5 created job 5, whose id its user was given; seq 6 names only job 2.
+        corrupt_record(segment, 4)
+
+        options = ["--cut-only"] if mode == "cut-only" else []
+        repair = run_recover("repair", *options, "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        if mode == "salvage":
+            assert "next job id 6" in repair.stdout
+            assert "Job id 5 will not be handed out: an unreadable record may have created it" in repair.stdout
+        else:
+            assert "Next job id raised to 6" in repair.stdout
+
+        server = server_factory(data_dir=data_dir)
+        jobs = {job["job_id"]: job for job in listing(server)}
+        assert sorted(jobs) == [1, 2, 3, 4]
+        # Salvage keeps the readable completion of job 2; a cut drops it.
+        assert jobs[2]["status"] == ("complete" if mode == "salvage" else "new")
+        created = server.call("POST", request="new", user="jdoe", casename="resubmitted")
+        assert created.json["job_id"] == 6
 
     def test_garbage_after_older_segment_keeps_later_segments(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"

@@ -13,7 +13,13 @@ import msgpack
 
 # NOTE: _read_record is the journal's own record decoder; it is private there
 # but reusing it keeps the record framing parsed in one place only.
-from ..journal import FILE_HEADER, MAGIC, Record, _read_record, decode_payload, find_valid_record
+from ..journal import FILE_HEADER, MAGIC, RECORD_HEADER, Record, _read_record, decode_payload, find_valid_record
+
+# Minimum size in bytes of a journal record that creates a job. Unreadable
+# bytes hold at most their length divided by it in creates.
+SMALLEST_CREATE_RECORD = RECORD_HEADER.size + len(
+    msgpack.packb({"op": "create", "job_id": 0, "user": "", "config": b"", "ts": 0}, use_bin_type=True)
+)
 
 
 @dataclass
@@ -39,6 +45,38 @@ class CutRange:
     @property
     def job_ids(self) -> list[int]:
         return sorted({job_id for change in self.changes for job_id in change.job_ids})
+
+
+def ids_lost_records_may_hold(cuts: list[CutRange], applied_seq: int, next_id: int) -> tuple[int, int]:
+    """Return the first id that unreadable records in ``cuts`` may have created, and how many.
+
+    ``applied_seq`` is the last seq applied before the damage and
+    ``next_id`` the next job id at that point. Ids grow with seqs, so only
+    records lost after the last readable create can hold ids above it. These
+    are the seqs missing between that create and the last readable record,
+    plus as many records as fit in the unreadable bytes after the last one.
+    """
+    after, first_id = applied_seq, next_id
+    seqs = []
+    for cut in cuts:
+        for change in cut.changes:
+            if change.seq <= applied_seq:
+                continue
+            seqs.append(change.seq)
+            if change.op in ("create", "import") and change.job_ids and change.seq > after:
+                after, first_id = change.seq, change.job_ids[0] + 1
+    missing = 0
+    if seqs:
+        missing = max(seqs) - after - sum(1 for seq in seqs if seq > after)
+
+    trailing_bytes = 0
+    for cut in cuts:
+        last_offset = max((change.offset for change in cut.changes), default=None)
+        if last_offset is not None:
+            trailing_bytes = 0
+        trailing_bytes += sum(length for offset, length in cut.unreadable
+                              if last_offset is None or offset > last_offset)
+    return first_id, missing + trailing_bytes // SMALLEST_CREATE_RECORD
 
 
 def read_cut_range(path: str, offset: int) -> CutRange:

@@ -119,6 +119,12 @@ def print_salvage(plan: RepairPlan, say: Print, verb: str) -> None:
         f"A snapshot {verb} be written covering seq {salvage.snapshot_seq}: "
         f"{plural(len(salvage.store), 'job')}, next job id {salvage.next_id}"
     )
+    if salvage.reserved_ids == 1:
+        say(f"Job id {salvage.next_id - 1} {verb} not be handed out: an unreadable record may have created it")
+    elif salvage.reserved_ids:
+        first = salvage.next_id - salvage.reserved_ids
+        say(f"Job ids {first} to {salvage.next_id - 1} {verb} not be handed out: unreadable records "
+            "may have created them")
     for path, offset in plan.segments_to_cut:
         say(f"Damaged segment {path} {verb} be cut at offset {offset}; the bytes from there move to a quarantine file")
     ids = ", ".join(str(job_id) for job_id in plan.lost_job_ids) or "none"

@@ -31,7 +31,7 @@ from ..recovery import quarantine_tail
 from ..snapshot import snapshot_name
 from .compaction import write_store_snapshot
 from .diagnosis import EXIT_CLEAN, Diagnosis, SegmentSummary, diagnose
-from .lost_records import CutRange, read_cut_range
+from .lost_records import CutRange, ids_lost_records_may_hold, read_cut_range
 from .salvage import Salvage, SalvageError, plan_salvage
 
 BACKUP_PREFIX = "repair-backup-"
@@ -224,11 +224,14 @@ def carry_out(plan: RepairPlan) -> RepairResult:
         return result
 
     after = diagnose(plan.data_dir)
-    # NOTE: a job created in unreadable bytes has an unknown id, so it is
-    # protected only when a readable dropped record has a higher id.
-    lost_ids = plan.lost_job_ids
-    if after.store is not None and lost_ids and lost_ids[-1] >= after.store.next_id:
-        after.store.next_id = lost_ids[-1] + 1
+    # Every dropped id that can be read, and the ids that unreadable records
+    # may have created, stay unused.
+    if after.store is not None:
+        lost_ids = plan.lost_job_ids
+        first_unknown, unknown_count = ids_lost_records_may_hold(plan.cuts, after.report.last_seq, after.store.next_id)
+        needed = max(lost_ids[-1] + 1 if lost_ids else 0, first_unknown + unknown_count)
+    if after.store is not None and needed > after.store.next_id:
+        after.store.next_id = needed
         seq = after.report.last_seq
         existing = os.path.join(plan.data_dir, snapshot_name(seq))
         if os.path.exists(existing):

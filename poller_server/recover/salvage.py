@@ -10,8 +10,11 @@ the many that still pass their CRC. Salvage rebuilds the state instead:
    store's ``apply`` accepts it with the checks recovery makes: a job it
    changes exists, and a job it creates does not. Any other record is
    skipped and reported with its seq and job ids;
-3. set the next job id above every id that any readable record names, and
-   plan a snapshot of the result covering the highest readable seq, so a
+3. set the next job id above every id that any readable record names. Each
+   record lost after the last readable create (a gap in the seqs, or
+   unreadable bytes at the end) may have been an acknowledged create, so
+   one more id is skipped for each;
+4. plan a snapshot of the result covering the highest readable seq, so a
    server start replays nothing from the damaged journal.
 
 Everything here runs in memory and changes no file; :mod:`.repair` writes
@@ -25,7 +28,7 @@ import msgpack
 from ..journal import Record, decode_payload, list_segments, read_segment
 from ..snapshot import SnapshotError, list_snapshots, read_snapshot
 from ..store import JobStore
-from .lost_records import CutRange, describe, readable_records
+from .lost_records import CutRange, describe, ids_lost_records_may_hold, readable_records
 
 # The errors recovery takes as "this record cannot be applied", plus
 # AttributeError, which the store raises for an operation it does not know.
@@ -53,6 +56,9 @@ class Salvage:
     # Seq the new snapshot covers: the highest readable seq, so no damaged
     # or salvaged record is replayed again.
     snapshot_seq: int
+    # Ids skipped past for records that could not be read and may have
+    # created jobs, so that no id a user was given is handed out again.
+    reserved_ids: int = 0
     applied: list[SalvagedRecord] = field(default_factory=list)
     skipped: list[SalvagedRecord] = field(default_factory=list)
 
@@ -68,6 +74,7 @@ class Salvage:
         return {
             "snapshot_seq": self.snapshot_seq,
             "next_id": self.next_id,
+            "reserved_ids": self.reserved_ids,
             "jobs": len(self.store),
             "applied": [vars(record) for record in self.applied],
             "skipped": [vars(record) for record in self.skipped],
@@ -97,6 +104,7 @@ def plan_salvage(data_dir: str, cuts: list[CutRange]) -> Salvage:
             readable.extend((path, record) for record in records)
 
     salvage = Salvage(store, last_seq)
+    first_lost_id, lost_creates = ids_lost_records_may_hold(cuts, last_seq, store.next_id)
     highest_id = 0
     for path, record in readable:
         lost = describe(record)
@@ -114,7 +122,11 @@ def plan_salvage(data_dir: str, cuts: list[CutRange]) -> Salvage:
             salvage.skipped.append(entry)
     # A skipped create, or a record naming a job whose create was lost, still
     # shows an id that users or runners may know: never hand it out again.
-    store.next_id = max(store.next_id, highest_id + 1)
+    # Each record lost after the last readable create may have created the
+    # next id in turn, so those ids are skipped too.
+    without_lost = max(store.next_id, highest_id + 1)
+    store.next_id = max(without_lost, first_lost_id + lost_creates)
+    salvage.reserved_ids = store.next_id - without_lost
     return salvage
 
 
