@@ -1,7 +1,9 @@
 """A bare Tornado application on the poller's route that returns a constant body.
 
 It is the ceiling for the stack: the same HTTP server and routing as the
-poller, with no parameter parsing, store, journal or access log.
+poller, with no parameter parsing, store, journal or access log. Requests
+to ``/hold/`` get no answer until the client disconnects, which gives the
+stack's own memory cost of a request that waits, as a waiting ``next`` does.
 """
 
 import argparse
@@ -23,12 +25,26 @@ class ConstantHandler(RequestHandler):
         self.get()
 
 
+class HoldHandler(RequestHandler):
+    """Keeps each request open until its client goes away."""
+
+    async def get(self) -> None:
+        self._closed = asyncio.get_running_loop().create_future()
+        await self._closed
+
+    def on_connection_close(self) -> None:
+        closed = getattr(self, "_closed", None)
+        if closed is not None and not closed.done():
+            closed.set_result(None)
+
+
 def no_access_log(handler: RequestHandler) -> None:
     """Skip the access log, as the poller does at --log-level warning."""
 
 
 async def serve(host: str, port: int) -> None:
-    app = Application([(r"/poller/update/?", ConstantHandler)], log_function=no_access_log)
+    app = Application([(r"/poller/update/?", ConstantHandler), (r"/hold/", HoldHandler)],
+                      log_function=no_access_log)
     server = HTTPServer(app)
     server.listen(port, host)
     stop = asyncio.Event()

@@ -14,13 +14,16 @@ from .beanstalk import BeanstalkConnection
 from .context import BenchContext, ScenarioResult, Target
 from .datasets import create_form_body, load_runs, run_payload
 from .http_client import HttpConnection, open_connections
-from .services import Beanstalkd, PollerServer, beanstalkd_path
+from .services import BareServer, Beanstalkd, PollerServer, beanstalkd_path
 from .stats import percentile, summarize
 
 ENDPOINT = "/poller/update/"
 WAIT_SECONDS = 60
 WAKEUP_TIMEOUT = 10.0
 MEGABYTE = 1024 * 1024
+IDLE_CLAIM = f"{ENDPOINT}?request=next&claim=1&wait={WAIT_SECONDS}"
+# The bare app's route that holds a request until the client disconnects.
+BARE_HOLD = "/hold/"
 
 
 async def settle(count: int) -> None:
@@ -99,12 +102,12 @@ async def beanstalkd_wakeups(port: int, reservers: int, wakeups: int, payloads: 
     return latencies
 
 
-async def hold_idle_waiters(port: int, count: int, measure) -> int:
-    """Park ``count`` claimers in ``next`` and return ``measure()`` taken while they wait."""
+async def hold_idle_waiters(port: int, count: int, measure, target: str = IDLE_CLAIM) -> int:
+    """Park ``count`` requests for ``target`` and return ``measure()`` taken while they wait."""
     connections = await open_connections("127.0.0.1", port, count)
     try:
         for connection in connections:
-            connection.send("GET", f"{ENDPOINT}?request=next&claim=1&wait={WAIT_SECONDS}")
+            connection.send("GET", target)
         await settle(count)
         return measure()
     finally:
@@ -150,12 +153,21 @@ def run(context: BenchContext) -> ScenarioResult:
 
     idle_rss: list[float] = []
     empty_rss: list[float] = []
+    bare_idle_rss: list[float] = []
+    bare_empty_rss: list[float] = []
     for round_index in range(sizes.scale_rounds):
         data_dir = context.folder("longpoll") / f"idle-{round_index}"
         with PollerServer(data_dir, max_waiters=max_waiters) as poller:
             empty_rss.append(poller.rss() / MEGABYTE)
             idle_rss.append(asyncio.run(hold_idle_waiters(poller.port, sizes.idle_waiters, poller.rss)) / MEGABYTE)
         context.log(f"longpoll: {sizes.idle_waiters} idle waiters, server RSS {idle_rss[-1]:.1f} MB")
+        # The same number of requests held open by a bare Tornado app: what
+        # the HTTP stack alone needs for them.
+        with BareServer() as bare:
+            bare_empty_rss.append(bare.rss() / MEGABYTE)
+            bare_idle_rss.append(
+                asyncio.run(hold_idle_waiters(bare.port, sizes.idle_waiters, bare.rss, BARE_HOLD)) / MEGABYTE)
+        context.log(f"longpoll: {sizes.idle_waiters} requests held by the bare app, RSS {bare_idle_rss[-1]:.1f} MB")
 
     for system in ("poller", "beanstalkd"):
         if p50[system]:
@@ -165,6 +177,9 @@ def run(context: BenchContext) -> ScenarioResult:
     result.metrics["empty_server_rss_mb"] = summarize(empty_rss, "MB")
     result.metrics["rss_per_waiter_kb"] = summarize(
         [1024 * (idle - empty) / sizes.idle_waiters for idle, empty in zip(idle_rss, empty_rss)], "KB")
+    result.metrics["bare_held_requests_rss_mb"] = summarize(bare_idle_rss, "MB")
+    result.metrics["bare_rss_per_held_request_kb"] = summarize(
+        [1024 * (idle - empty) / sizes.idle_waiters for idle, empty in zip(bare_idle_rss, bare_empty_rss)], "KB")
     result.notes.append(
         f"{sizes.waiting_claimers} waiting claimers, {sizes.wakeups} jobs created one at a time per round; "
         f"memory with {sizes.idle_waiters} idle waiters"
