@@ -2,7 +2,7 @@
 
 It is the ceiling for the stack: the same HTTP server and routing as the
 poller, with no parameter parsing, store, journal or access log. Requests
-to ``/hold/`` get no answer until the client disconnects, which gives the
+to ``/hold/`` get no response until the client disconnects, which gives the
 stack's own memory cost of a request that waits, as a waiting ``next`` does.
 """
 
@@ -26,7 +26,7 @@ class ConstantHandler(RequestHandler):
 
 
 class HoldHandler(RequestHandler):
-    """Keeps each request open until its client goes away."""
+    """Handler that keeps each request open until its client disconnects."""
 
     async def get(self) -> None:
         self._closed = asyncio.get_running_loop().create_future()
