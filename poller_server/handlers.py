@@ -18,7 +18,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from .auth import Forbidden, Token, TokenFile, Unauthorized, check_scope, required_scope
 from .config import Config
 from .errors import BadRequest, MethodNotAllowed, PathNotFound, PayloadTooLarge, PollerError, Unavailable, show
-from .jobs import FAILED, RESERVED_KEYS, STATUSES, encode_json
+from .jobs import FAILED, RESERVED_KEYS, STATUSES, encode_json, has_control_character
 from .params import Params, parse_json, read_params
 from .service import Claim, JobService
 from .store import validate_status, validate_user
@@ -38,6 +38,8 @@ MAX_REASON_LENGTH = 4096
 MAX_KEY_LENGTH = 128
 TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 DIGITS = re.compile(r"[0-9]+")
+# Runner names and other short texts may contain C1 characters, as before.
+C0_OR_DEL = re.compile("[\x00-\x1f\x7f]")
 
 
 class BaseHandler(RequestHandler):
@@ -216,7 +218,7 @@ def parse_text(params: Params, name: str, max_length: int, required: bool = Fals
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= max_length:
         raise BadRequest(f"invalid {name} {show(value)}: must be a string of 1 to {max_length} characters")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) and name != "reason":
+    if name != "reason" and C0_OR_DEL.search(value):
         raise BadRequest(f"invalid {name} {show(value)}: control characters are not allowed")
     return value
 
@@ -262,7 +264,7 @@ def parse_config(params: Params, max_keys: int | None = None, max_value_length: 
             raise BadRequest("configuration keys must not be empty")
         if len(name) > MAX_KEY_LENGTH:
             raise BadRequest(f"configuration key {show(name)} is longer than {MAX_KEY_LENGTH} characters")
-        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        if has_control_character(name):
             raise BadRequest(f"configuration key {show(name)} contains a control character")
     check_config_size(config, max_keys, max_value_length)
     return encode_json(config).encode()

@@ -29,6 +29,7 @@ from .jobs import (
     NEW,
     STATUSES,
     Job,
+    has_control_character,
 )
 
 Change = dict
@@ -40,7 +41,7 @@ def validate_user(user: object) -> str:
         raise BadRequest(f"invalid user {show(user)}: must be a string")
     if not 1 <= len(user) <= MAX_USER_LENGTH:
         raise BadRequest(f"invalid user {show(user)}: must be 1 to {MAX_USER_LENGTH} characters")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in user):
+    if has_control_character(user):
         raise BadRequest(f"invalid user {show(user)}: control characters are not allowed")
     return user
 

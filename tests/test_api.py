@@ -101,7 +101,7 @@ class TestCreateErrors:
         assert_error(await api("POST", request="new", casename="x"), 400, "user")
 
     @pytest.mark.gen_test
-    @pytest.mark.parametrize("user", ["", "x" * 129, "bad\nname", "tab\tname", "del\x7f"])
+    @pytest.mark.parametrize("user", ["", "x" * 129, "bad\nname", "tab\tname", "del\x7f", "c1\x85"])
     async def test_invalid_user(self, api, user):
         assert_error(await api("POST", request="new", user=user), 400, "invalid user")
 
@@ -498,7 +498,9 @@ class TestOtherPathsAndMethods:
         assert_error(response, 400, "invalid job_id true")
 
     @pytest.mark.gen_test
-    @pytest.mark.parametrize("key, fragment", [("a\nb", "control character"), ("k" * 129, "longer than 128")])
+    @pytest.mark.parametrize("key, fragment", [
+        ("a\nb", "control character"), ("c1\x9f", "control character"), ("k" * 129, "longer than 128"),
+    ])
     async def test_bad_configuration_key(self, api, key, fragment):
         response = await api("POST", json_body={"request": "new", "user": "u", key: 1})
         assert_error(response, 400, fragment)

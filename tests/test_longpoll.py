@@ -74,6 +74,7 @@ class TestClaim:
         ({"lease": "0"}, "lease"),
         ({"lease": str(8 * 86400)}, "--max-lease"),
         ({"runner": "x" * 129}, "runner"),
+        ({"runner": "node\x01"}, "control characters"),
         ({"user": ""}, "user"),
     ])
     async def test_bad_next_parameters(self, api, params, fragment):

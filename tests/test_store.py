@@ -3,6 +3,7 @@
 import pytest
 
 from poller_server.errors import BadRequest, Conflict, JobNotFound
+from poller_server.jobs import has_control_character
 from poller_server.store import JobStore
 
 
@@ -106,3 +107,11 @@ def test_dump_and_load_round_trip():
 def test_user_strings_are_shared():
     store = make_store("".join(["sha", "red"]), "".join(["sh", "ared"]))
     assert store.jobs[1].user is store.jobs[2].user
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("plain", False), ("\x1f", True), ("space ok", False), ("~", False), ("\x7f", True),
+    ("\x80", True), ("\x9f", True), ("\xa0 no-break space", False), ("zoë 用户", False),
+])
+def test_control_character_bounds(text, expected):
+    assert has_control_character(text) is expected
