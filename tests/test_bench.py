@@ -93,6 +93,7 @@ def test_json_scenario_compares_with_orjson(bench_temp):
     assert metrics["server_encode_us"]["median"] > 0
     assert metrics["server_strict_parse_us"]["median"] > 0
     assert metrics["orjson_encode_us"]["median"] > 0
+    assert metrics["server_create_form_decode_us"]["median"] > 0
     # Both encoders give the same bytes for every real configuration.
     assert metrics["orjson_encode_differs"]["median"] == 0
 

@@ -1,29 +1,38 @@
-"""``json``: the server's JSON encoding and strict parsing against orjson, per run configuration.
+"""``json``: the server's request decoding and JSON code per run configuration, against orjson.
 
 The server encodes every created job's configuration once and parses every
 JSON request body with duplicate-key, constant and depth checks. This
 scenario times both on the real run configurations, in this process, next to
 the standard library's plain ``json.loads`` and, when it is installed, orjson.
+It also times the whole decoding of a ``POST new`` form body: parameters,
+user name and configuration checks, and the configuration's JSON text.
 Compare the figures with ``create``'s server CPU per request to see what a
-switch could save.
+change could save.
 """
 
+import functools
 import importlib.util
 import json
 import time
 from collections.abc import Callable
 
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
+
+from poller_server.config import Config
+from poller_server.handlers import parse_config
 from poller_server.jobs import encode_json
-from poller_server.params import parse_json
+from poller_server.params import parse_json, read_params
+from poller_server.store import validate_user
 
 from .context import BenchContext, ScenarioResult
-from .datasets import load_runs
+from .datasets import create_form_body, load_runs
 from .stats import summarize
 
 # Each timing loops over all configurations this many times, so that one
 # timing lasts long enough for the clock; the quick mode uses fewer.
 PASSES_FULL = 200
 PASSES_QUICK = 20
+DEFAULTS = Config()
 
 
 def time_per_item(function: Callable[[object], object], items: list, passes: int) -> float:
@@ -35,16 +44,28 @@ def time_per_item(function: Callable[[object], object], items: list, passes: int
     return 1e6 * (time.perf_counter() - started) / (passes * len(items))
 
 
+def decode_create_form(request: HTTPServerRequest, body: bytes) -> bytes:
+    """Decode a ``POST new`` form body as the server does; return the configuration's JSON text."""
+    params = read_params(request, body)
+    validate_user(params["user"])
+    return parse_config(params, DEFAULTS.max_config_keys, DEFAULTS.max_value_length)
+
+
 def run(context: BenchContext) -> ScenarioResult:
     result = ScenarioResult("json")
     configurations = [{name: value for name, value in run.items() if name != "user"}
                       for run in load_runs(context.data_dir)]
     texts = [encode_json(configuration) for configuration in configurations]
+    form_bodies = [create_form_body(run) for run in load_runs(context.data_dir)]
+    # Tornado builds the request object before the handler runs, so it is not timed.
+    form_request = HTTPServerRequest(method="POST", uri="/poller/update/",
+                                     headers=HTTPHeaders({"Content-Type": "application/x-www-form-urlencoded"}))
     passes = PASSES_QUICK if context.quick else PASSES_FULL
     codecs: dict[str, tuple[Callable, list]] = {
         "server_encode": (encode_json, configurations),
         "server_strict_parse": (parse_json, texts),
         "stdlib_plain_parse": (json.loads, texts),
+        "server_create_form_decode": (functools.partial(decode_create_form, form_request), form_bodies),
     }
 
     if importlib.util.find_spec("orjson") is None:
