@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Callable
 
-from tornado.httputil import HTTPHeaders, HTTPServerRequest
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from poller_server.config import Config
 from poller_server.handlers import parse_config
@@ -58,7 +58,7 @@ def run(context: BenchContext) -> ScenarioResult:
     texts = [encode_json(configuration) for configuration in configurations]
     form_bodies = [create_form_body(run) for run in load_runs(context.data_dir)]
     # Tornado builds the request object before the handler runs, so it is not timed.
-    form_request = HTTPServerRequest(method="POST", uri="/poller/update/",
+    form_request = HTTPServerRequest(start_line=RequestStartLine("POST", "/poller/update/", "HTTP/1.1"),
                                      headers=HTTPHeaders({"Content-Type": "application/x-www-form-urlencoded"}))
     passes = PASSES_QUICK if context.quick else PASSES_FULL
     codecs: dict[str, tuple[Callable, list]] = {
