@@ -59,7 +59,8 @@ def run(context: BenchContext) -> ScenarioResult:
     form_bodies = [create_form_body(run) for run in load_runs(context.data_dir)]
     # Tornado builds the request object before the handler runs, so it is not timed.
     form_request = HTTPServerRequest(start_line=RequestStartLine("POST", "/poller/update/", "HTTP/1.1"),
-                                     headers=HTTPHeaders({"Content-Type": "application/x-www-form-urlencoded"}))
+                                     headers=HTTPHeaders({"Host": "127.0.0.1",
+                                                          "Content-Type": "application/x-www-form-urlencoded"}))
     passes = PASSES_QUICK if context.quick else PASSES_FULL
     codecs: dict[str, tuple[Callable, list]] = {
         "server_encode": (encode_json, configurations),
