@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from .server import serve
 
     try:
-        run_event_loop(serve(config), resolve_event_loop(config.event_loop))
+        run_event_loop(lambda: serve(config), resolve_event_loop(config.event_loop))
     except (DataDirLocked, RecoveryError, TokenFileError, StartupError) as exc:
         logging.getLogger("poller_server").error("Poller cannot start: %s", exc)
         return 1

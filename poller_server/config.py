@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .event_loop import EVENT_LOOPS, uvloop_installed
+from .event_loop import EVENT_LOOPS, uvloop_import_error, uvloop_missing
 
 
 def option(default: Any, help: str, **extra: object) -> Any:
@@ -121,10 +121,15 @@ class Config:
             raise ValueError("invalid TLS options: --certfile and --keyfile must be given together")
         if self.ca_file and not self.certfile:
             raise ValueError("invalid --ca-file: client certificates need TLS, so give --certfile and --keyfile too")
-        if self.event_loop == "uvloop" and not uvloop_installed():
+        if self.event_loop == "uvloop" and uvloop_import_error() is not None:
+            if uvloop_missing():
+                raise ValueError(
+                    "invalid --event-loop uvloop: the uvloop package is not installed; install it with "
+                    "pip install uvloop, or choose --event-loop asyncio"
+                )
             raise ValueError(
-                "invalid --event-loop uvloop: the uvloop package is not installed; install it with "
-                "pip install uvloop, or choose --event-loop asyncio"
+                f"invalid --event-loop uvloop: uvloop failed to import ({uvloop_import_error()}); "
+                "reinstall it with pip install --force-reinstall uvloop, or choose --event-loop asyncio"
             )
         if not self.token_file and not self.allow_unauthenticated and not is_loopback(self.host):
             raise ValueError(

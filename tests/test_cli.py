@@ -104,7 +104,8 @@ def test_standard_event_loop_on_request(server_factory):
 
 
 def test_uvloop_asked_for_but_missing_is_usage_error(monkeypatch, capsys):
-    monkeypatch.setattr("poller_server.config.uvloop_installed", lambda: False)
+    monkeypatch.setattr("poller_server.config.uvloop_import_error", lambda: "ModuleNotFoundError: No module named 'uvloop'")
+    monkeypatch.setattr("poller_server.config.uvloop_missing", lambda: True)
     with pytest.raises(SystemExit) as exited:
         parse_config(["--event-loop", "uvloop"], {})
     assert exited.value.code == 2
@@ -113,6 +114,44 @@ def test_uvloop_asked_for_but_missing_is_usage_error(monkeypatch, capsys):
     assert "pip install" in message
     # "auto" falls back to the standard loop instead.
     assert parse_config([], {}).event_loop == "auto"
+
+
+BROKEN_UVLOOP_ERROR = "libuv.so.1: cannot open shared object file"
+
+
+@pytest.fixture
+def broken_uvloop(tmp_path):
+    """Environment whose PYTHONPATH puts first a uvloop package that raises ImportError on import."""
+    package = tmp_path / "broken-site" / "uvloop"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"raise ImportError({BROKEN_UVLOOP_ERROR!r})\n", encoding="utf-8")
+    path = [str(package.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"PYTHONPATH": os.pathsep.join(path)}
+
+
+def test_auto_event_loop_falls_back_when_uvloop_fails_to_import(server_factory, broken_uvloop):
+    server = server_factory(env=broken_uvloop)
+    assert "event loop asyncio" in server.log
+    warnings = [line for line in server.lines if "uvloop failed to import" in line]
+    assert len(warnings) == 1, server.log
+    assert BROKEN_UVLOOP_ERROR in warnings[0]
+    assert "--event-loop asyncio" in warnings[0]
+    assert server.call("POST", request="new", user="u").code == 200
+    assert server.terminate() == 0
+    assert "Traceback" not in server.log
+    assert "never awaited" not in server.log
+
+
+def test_uvloop_asked_for_but_failing_to_import_is_usage_error(broken_uvloop, tmp_path):
+    result = run_cli("--event-loop", "uvloop", "--port", "0", "--data-dir", str(tmp_path / "data"),
+                     env=broken_uvloop)
+    assert result.returncode == 2
+    assert "invalid --event-loop uvloop: uvloop failed to import" in result.stderr
+    assert BROKEN_UVLOOP_ERROR in result.stderr
+    assert "--event-loop asyncio" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "never awaited" not in result.stderr
+    assert not (tmp_path / "data").exists()
 
 
 def test_module_and_console_script_agree():
