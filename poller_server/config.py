@@ -94,6 +94,10 @@ class Config:
 
     def validate(self) -> None:
         """Raise ValueError naming the first option whose value is out of range."""
+        if not self.data_dir:
+            raise ValueError(
+                "invalid --data-dir '': the path is empty; give a directory, for example --data-dir ./poller-data"
+            )
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid --port {self.port}: must be 0 to 65535")
         positive = {

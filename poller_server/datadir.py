@@ -21,14 +21,15 @@ LOCK_NAME = "lock"
 def lock_data_dir(data_dir: str) -> int:
     """Create ``data_dir`` if needed, take its lock, and return the lock's file descriptor."""
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise StartupError(f"data directory {data_dir} (--data-dir) is not a directory")
+        raise StartupError(f"data directory {data_dir!r} (--data-dir) is not a directory; choose another --data-dir")
     path = os.path.join(data_dir, LOCK_NAME)
     try:
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StartupError(
-            f"data directory {data_dir} (--data-dir) cannot be used: {describe_os_error(exc)} ({exc.filename})"
+            f"data directory {data_dir!r} (--data-dir) cannot be used: {describe_os_error(exc)} ({exc.filename!r}); "
+            "check the path and its permissions, or choose another --data-dir"
         ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -39,7 +40,7 @@ def lock_data_dir(data_dir: str) -> int:
             os.close(fd)
         holder_text = f" (process {holder})" if holder else ""
         raise DataDirLocked(
-            f"data directory {data_dir} is in use by another poller process{holder_text}; "
+            f"data directory {data_dir!r} is in use by another poller process{holder_text}; "
             "stop it first or choose another --data-dir"
         ) from None
     os.ftruncate(fd, 0)

@@ -167,8 +167,28 @@ class TestStartupErrors:
         path.write_text("x")
         server = server_factory(data_dir=path, expect_listening=False)
         assert server.wait_exit() == 1
-        assert f"data directory {path} (--data-dir) is not a directory" in server.log
+        assert f"data directory {str(path)!r} (--data-dir) is not a directory" in server.log
         assert "Traceback" not in server.log
+
+    def test_data_dir_path_is_quoted(self, server_factory, tmp_path):
+        # A directory inside a file cannot be made; the message shows the path with its space.
+        (tmp_path / "a file").write_text("x")
+        path = tmp_path / "a file" / "data dir"
+        server = server_factory(data_dir=path, expect_listening=False)
+        assert server.wait_exit() == 1
+        assert f"data directory {str(path)!r} (--data-dir) cannot be used: Not a directory" in server.log
+        assert "choose another --data-dir" in server.log
+        assert "Traceback" not in server.log
+
+    @pytest.mark.parametrize("env", [{}, {"POLLER_DATA_DIR": ""}])
+    def test_empty_data_dir_is_usage_error(self, tmp_path, env):
+        args = [] if env else ["--data-dir", ""]
+        result = subprocess.run([sys.executable, "-m", "poller_server", "--port", "0", *args], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=15, env={**os.environ, **env})
+        assert result.returncode == 2
+        assert "invalid --data-dir '': the path is empty" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert list(tmp_path.iterdir()) == []
 
     def test_missing_certificate_names_option(self, server_factory, tmp_path):
         missing = tmp_path / "nope.pem"
