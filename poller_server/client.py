@@ -230,6 +230,8 @@ def list_call(status: str | None, user: str | None) -> ApiCall:
 def next_call(
     user: str | None, wait: float, claim: bool, runner: str | None, lease: float | None
 ) -> ApiCall:
+    if not claim and (runner is not None or lease is not None):
+        raise ValueError("runner and lease apply only to a claim: pass claim=True, or leave them out")
     params = drop_none(request="next", user=user, runner=runner, lease=lease)
     if wait:
         params["wait"] = wait
@@ -481,7 +483,7 @@ class PollerClient(ClientBase):
         With ``claim`` the job becomes ``in_progress`` for this caller alone
         and carries ``lease_id`` and ``lease_expires``. ``lease`` (seconds)
         overrides the server's default lease, and ``runner`` is recorded on
-        the job.
+        the job. Both need ``claim``; without it they raise ValueError.
         """
         return self._perform(next_call(user, wait, claim, runner, lease))
 

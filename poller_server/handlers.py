@@ -417,6 +417,13 @@ class PollerHandler(BaseHandler):
         self.user = parse_user(params, required=False)
         wait = parse_seconds(params, "wait", 0, 0, config.max_wait, "--max-wait")
         claim = parse_flag(params, "claim")
+        if not claim:
+            for name in ("lease", "runner"):
+                if name in params:
+                    raise BadRequest(
+                        f"invalid parameter {show(name)} without claim=true: {name} applies only to a claimed job; "
+                        f"add claim=true or leave {name} out"
+                    )
         runner = parse_text(params, "runner", MAX_TOKEN_LENGTH)
         lease = parse_seconds(params, "lease", config.lease, 1, config.max_lease, "--max-lease")
 

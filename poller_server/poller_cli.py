@@ -177,6 +177,8 @@ def cmd_show(client: PollerClient, args: argparse.Namespace, out: TextIO) -> int
 
 
 def cmd_next(client: PollerClient, args: argparse.Namespace, out: TextIO) -> int:
+    if not args.claim and (args.runner is not None or args.lease is not None):
+        raise UsageError("--runner and --lease apply only to a claimed job: add --claim, or leave them out")
     job = client.next(user=args.user, wait=args.wait, claim=args.claim, runner=args.runner, lease=args.lease)
     if args.json:
         print_json(job, out)
@@ -310,9 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     next_job.add_argument("--wait", type=non_negative_seconds, default=0,
                           help="seconds to wait for a job when none is new (default: 0)")
     next_job.add_argument("--user", help="only this user's jobs")
-    next_job.add_argument("--runner", help="name recorded on a claimed job")
+    next_job.add_argument("--runner", help="name recorded on the claimed job (with --claim)")
     next_job.add_argument("--lease", type=non_negative_seconds,
-                          help="lease of a claimed job in seconds (default: the server's)")
+                          help="lease of the claimed job in seconds, with --claim (default: the server's)")
     next_job.set_defaults(handler=cmd_next)
 
     set_status = commands.add_parser("set", parents=[common], help="change a job's status",

@@ -85,6 +85,26 @@ class TestClaim:
         assert (await api("GET", request="job", job_id=1)).json["status"] == "new"
 
     @pytest.mark.gen_test
+    @pytest.mark.parametrize("claim", [None, "false", "0"])
+    @pytest.mark.parametrize("name, value", [("lease", "600"), ("runner", "runner-1")])
+    async def test_claim_only_parameters_need_claim(self, api, claim, name, value):
+        await create(api)
+        params = {name: value} if claim is None else {name: value, "claim": claim}
+        response = await api("GET", request="next", **params)
+        assert response.code == 400, response
+        assert f"invalid parameter '{name}' without claim=true" in response.json["error"]
+        assert "add claim=true" in response.json["error"]
+        assert (await api("GET", request="job", job_id=1)).json["status"] == "new"
+
+    @pytest.mark.gen_test
+    async def test_peek_takes_wait_and_user(self, api):
+        await create(api, user="a")
+        response = await api("GET", request="next", wait=1, user="a")
+        assert response.code == 200, response
+        assert response.json["job_id"] == 1
+        assert response.json["status"] == "new"
+
+    @pytest.mark.gen_test
     async def test_without_new_parameters_next_only_peeks(self, api):
         await create(api)
         assert (await api("GET", request="next")).json["status"] == "new"

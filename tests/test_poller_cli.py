@@ -195,6 +195,15 @@ def test_next_peek_claim_and_empty(poller, client):
     assert json.loads(poller("next", "--json").out) is None
 
 
+@pytest.mark.parametrize("option, value", [("--lease", "600"), ("--runner", "operator")])
+def test_next_claim_options_need_claim(poller, client, option, value):
+    client.create("jdoe", {})
+    result = poller("next", option, value)
+    assert result.code == 2, result
+    assert "apply only to a claimed job: add --claim" in result.err
+    assert client.get(1)["status"] == "new"
+
+
 def test_set_moves_status(poller, client):
     client.create("jdoe", {})
     client.create("jdoe", {})
