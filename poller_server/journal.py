@@ -81,6 +81,12 @@ def encode_record(seq: int, change: dict) -> bytes:
     return RECORD_HEADER.pack(len(payload), seq, crc) + payload
 
 
+# Minimum size in bytes of a record that creates a job. A torn or unreadable
+# stretch of journal contains at most its length divided by it in creates,
+# which bounds the job ids it may have handed out.
+SMALLEST_CREATE_RECORD = len(encode_record(0, {"op": "create", "job_id": 0, "user": "", "config": b"", "ts": 0}))
+
+
 def decode_payload(payload: bytes) -> dict:
     return msgpack.unpackb(payload, raw=False)
 

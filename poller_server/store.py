@@ -177,6 +177,17 @@ class JobStore:
         validate_status(job.status)
         return {"op": "import", "job": job.to_record()}
 
+    def plan_reserve_ids(self, next_id: int) -> Change:
+        """Plan to raise the next job id to ``next_id``, so that no id below it is handed out.
+
+        Imports journal one before their jobs, whose ids do not follow the
+        journal order, and a start that cuts a torn tail journals one for
+        the ids the cut bytes may have held.
+        """
+        if isinstance(next_id, bool) or not isinstance(next_id, int) or next_id < 1:
+            raise ValueError(f"invalid next job id {next_id!r}: must be a positive integer")
+        return {"op": "reserve_ids", "next_id": next_id}
+
     def check_lease(self, job: Job, lease_id: str) -> None:
         """Raise Conflict unless ``lease_id`` is the current lease of an in-progress job."""
         if job.status != IN_PROGRESS:
@@ -203,6 +214,10 @@ class JobStore:
         assert job.job_id not in self.jobs, job.job_id
         self._insert(job)
         return job
+
+    def _apply_reserve_ids(self, change: Change) -> int:
+        self.next_id = max(self.next_id, change["next_id"])
+        return self.next_id
 
     def _apply_move(self, change: Change) -> Job:
         job = self.jobs[change["job_id"]]

@@ -155,6 +155,28 @@ class TestTornTail:
                     path.unlink()
             Path(segment).write_bytes(pristine)
 
+    def test_damaged_last_create_keeps_its_id(self, server_factory):
+        """A whole last record with a bad CRC is cut like a torn tail, but its id stays unused."""
+        server, jobs = self._write_jobs(server_factory)
+        segment = last_segment(server.data_dir)
+        last = records_of(segment)[-1]
+        data = bytearray(Path(segment).read_bytes())
+        data[last.end - 2] ^= 0xFF
+        Path(segment).write_bytes(bytes(data))
+
+        started = server_factory(*NO_TIMED_SNAPSHOTS, data_dir=server.data_dir)
+        assert all_jobs(started) == jobs[:-1]
+        assert "torn tail" in started.log
+        assert "Job id 3 will not be handed out" in started.log
+        extra = create(started, user="after")
+        assert extra["job_id"] > jobs[-1]["job_id"]
+        started.kill9()
+
+        # The reservation is journaled, so it holds after another crash.
+        again = server_factory(*NO_TIMED_SNAPSHOTS, data_dir=server.data_dir)
+        assert all_jobs(again) == jobs[:-1] + [extra]
+        assert create(again, user="later")["job_id"] == extra["job_id"] + 1
+
     @pytest.mark.parametrize("tail_kind", ["zeros", "random"])
     def test_garbage_tail(self, server_factory, tail_kind):
         server, jobs = self._write_jobs(server_factory)

@@ -127,6 +127,8 @@ class TestRepair:
 
         repair = run_recover("repair", "--data-dir", str(data_dir))
         assert repair.returncode == 0, repair.stdout + repair.stderr
+        # The cut bytes held the create of job 6, so its id stays unused.
+        assert "Next job id raised to" in repair.stdout
         backups = list(data_dir.glob("repair-backup-*"))
         assert len(backups) == 1
         assert (backups[0] / segment.name).read_bytes() == original[:cut_at]
@@ -138,6 +140,7 @@ class TestRepair:
         jobs = listing(server)
         assert [job["job_id"] for job in jobs] == [1, 2, 3, 4, 5]
         assert [job["casename"] for job in jobs] == [run["casename"] for run in load_runs()[:5]]
+        assert server.call("POST", request="new", user="jdoe").json["job_id"] > 6
 
     def test_cut_only_quarantines_mid_file_corruption_with_ids(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
@@ -363,6 +366,38 @@ class TestSalvage:
         assert jobs[2]["status"] == ("complete" if mode == "salvage" else "new")
         created = server.call("POST", request="new", user="jdoe", casename="resubmitted")
         assert created.json["job_id"] == 6
+
+    def test_unreadable_import_ids_not_reused(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
+        create_jobs(server, load_runs()[:1])
+        server.kill9()
+        exported = tmp_path / "import.json"
+        exported.write_text(json.dumps([
+            {"job_id": job_id, "user": "jdoe", "status": "new", "created": "2016-02-02T01:01:07.013Z",
+             "updated": "2016-02-02T01:01:07.013Z", "casename": f"case{job_id}"}
+            for job_id in (100, 101)
+        ]))
+        imported = run_recover("import", str(exported), "--data-dir", str(data_dir))
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
+        assert server.call("POST", request="complete", job_id="1").code == 200
+        server.kill9()
+        # Damage both import records; the reservation before them and the
+        # completion after them stay readable.
+        segment = journal_segments(data_dir)[1]
+        offsets = record_offsets(segment)
+        data = bytearray(segment.read_bytes())
+        for offset, _ in offsets[1:3]:
+            data[offset + 20] ^= 0xFF
+        segment.write_bytes(bytes(data))
+
+        repair = run_recover("repair", "--json", "--data-dir", str(data_dir))
+        assert repair.returncode == 0, repair.stdout + repair.stderr
+        assert json.loads(repair.stdout)["salvage"]["next_id"] >= 102
+        server = server_factory(data_dir=data_dir)
+        assert [job["job_id"] for job in listing(server)] == [1]
+        assert server.call("POST", request="new", user="jdoe").json["job_id"] >= 102
 
     def test_garbage_after_older_segment_keeps_later_segments(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
@@ -591,9 +626,10 @@ class TestExportImport:
 
         result = run_recover("compact", "--data-dir", str(data_dir))
         assert result.returncode == 0, result.stdout + result.stderr
-        assert [seq for seq, _ in list_snapshots(str(data_dir))] == [60]
+        # One record reserves the imported ids, then one record per job.
+        assert [seq for seq, _ in list_snapshots(str(data_dir))] == [61]
         segments = [(seq, os.path.getsize(path)) for seq, path in list_segments(str(data_dir))]
-        assert segments == [(61, 16)]
+        assert segments == [(62, 16)]
         store, report = recover(str(data_dir), repair=False)
         assert len(store) == 60
         assert store.next_id == 181

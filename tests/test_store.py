@@ -115,3 +115,17 @@ def test_user_strings_are_shared():
 ])
 def test_control_character_bounds(text, expected):
     assert has_control_character(text) is expected
+
+
+def test_reserve_ids_only_raises_next_id():
+    store = JobStore()
+    store.apply(store.plan_create("u", b"{}", 0))
+    assert store.apply(store.plan_reserve_ids(10)) == 10
+    assert store.apply(store.plan_reserve_ids(5)) == 10
+    assert store.plan_create("u", b"{}", 0)["job_id"] == 10
+
+
+@pytest.mark.parametrize("next_id", [0, -3, True, 2.5, "7"])
+def test_reserve_ids_rejects_bad_next_id(next_id):
+    with pytest.raises(ValueError, match="invalid next job id"):
+        JobStore().plan_reserve_ids(next_id)

@@ -61,7 +61,17 @@ class ImportPlan:
     rejected: list[Rejection] = field(default_factory=list)
 
     def changes(self, store: JobStore) -> list[Change]:
-        return [store.plan_import(job) for job in self.jobs]
+        """Return the journal changes of the import: first the id reservation, then one per job.
+
+        Imported ids do not follow the journal order, so a repair that finds
+        an import record unreadable could not tell its id. The reservation
+        record, written first, keeps every imported id from being handed out
+        again even then.
+        """
+        if not self.jobs:
+            return []
+        reservation = store.plan_reserve_ids(max(job.job_id for job in self.jobs) + 1)
+        return [reservation, *(store.plan_import(job) for job in self.jobs)]
 
     def to_dict(self) -> dict:
         return {

@@ -13,12 +13,14 @@ import msgpack
 
 # NOTE: _read_record is the journal's own record decoder; it is private there
 # but reusing it keeps the record framing parsed in one place only.
-from ..journal import FILE_HEADER, MAGIC, RECORD_HEADER, Record, _read_record, decode_payload, find_valid_record
-
-# Minimum size in bytes of a journal record that creates a job. Unreadable
-# bytes hold at most their length divided by it in creates.
-SMALLEST_CREATE_RECORD = RECORD_HEADER.size + len(
-    msgpack.packb({"op": "create", "job_id": 0, "user": "", "config": b"", "ts": 0}, use_bin_type=True)
+from ..journal import (
+    FILE_HEADER,
+    MAGIC,
+    SMALLEST_CREATE_RECORD,
+    Record,
+    _read_record,
+    decode_payload,
+    find_valid_record,
 )
 
 
@@ -51,8 +53,10 @@ def ids_lost_records_may_hold(cuts: list[CutRange], applied_seq: int, next_id: i
     """Return the first id that unreadable records in ``cuts`` may have created, and how many.
 
     ``applied_seq`` is the last seq applied before the damage and
-    ``next_id`` the next job id at that point. Ids grow with seqs, so only
-    records lost after the last readable create can hold ids above it. These
+    ``next_id`` the next job id at that point. Ids grow with seqs (an
+    import's ids do not, but its reservation record comes first and names
+    the highest), so only records lost after the last readable create can
+    hold ids above it. These
     are the seqs missing between that create and the last readable record,
     plus as many records as fit in the unreadable bytes after the last one.
     """
@@ -128,6 +132,10 @@ def describe(record: Record) -> LostChange:
         return LostChange(record.seq, record.offset, "unknown", [], "a record whose payload cannot be decoded")
     if op == "import":
         job_ids = [change["job"][0]]
+    elif op == "reserve_ids":
+        # The highest id the record keeps from reuse, so a repair that drops
+        # the record still raises the next id past it.
+        job_ids = [change["next_id"] - 1]
     elif "job_id" in change:
         job_ids = [change["job_id"]]
     else:
@@ -142,6 +150,8 @@ def describe(record: Record) -> LostChange:
     elif op == "bulk":
         scope = f"of user {change['user']!r}" if change.get("user") is not None else "of every user"
         text = f"set all jobs {scope} to {change['status']} (job ids not recorded)"
+    elif op == "reserve_ids":
+        text = f"raise the next job id to {change['next_id']}"
     elif op == "claim":
         text = f"claim job {change['job_id']} by runner {change.get('runner')!r}"
     else:

@@ -164,7 +164,7 @@ def _apply(store: JobStore, record: Record) -> str | None:
 def _precheck(store: JobStore, change: dict) -> str | None:
     """Name the usual reasons a change no longer fits, before ``apply`` touches anything."""
     op = change["op"]
-    if op == "bulk":
+    if op in ("bulk", "reserve_ids"):
         return None
     if op in ("create", "import"):
         job_id = change["job_id"] if op == "create" else change["job"][0]
