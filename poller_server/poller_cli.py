@@ -197,6 +197,7 @@ def cmd_set(client: PollerClient, args: argparse.Namespace, out: TextIO) -> int:
         if args.reason is not None or args.lease_id is not None:
             raise UsageError("--reason and --lease-id do not apply to status new")
         job = client.requeue(args.job_id)
+        return print_change(job, requeue_message(job), args, out)
     else:
         if args.reason is not None and args.status != "failed":
             raise UsageError("--reason applies only to status failed")
@@ -206,7 +207,22 @@ def cmd_set(client: PollerClient, args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_requeue(client: PollerClient, args: argparse.Namespace, out: TextIO) -> int:
     job = client.requeue(args.job_id)
-    return print_change(job, f"Job {job['job_id']} is now {job['status']}.", args, out)
+    return print_change(job, requeue_message(job), args, out)
+
+
+def requeue_message(job: Job) -> str:
+    """Return the message for the job that a requeue returned.
+
+    A requeued job is ``new``. If a runner was waiting in ``next`` with
+    ``claim``, the server hands the job to it in the same step, so the
+    response already shows the job ``in_progress`` under the new claim.
+    """
+    if job["status"] != "in_progress":
+        return f"Job {job['job_id']} is now {job['status']}."
+    runner = f" {job['runner']}" if job.get("runner") else ""
+    return (f"Job {job['job_id']} was requeued, and the waiting runner{runner} claimed it at once "
+            f"(attempt {job.get('attempts', '?')}); it is now in_progress. "
+            f"Run `poller show {job['job_id']}` to follow it.")
 
 
 def cmd_delete(client: PollerClient, args: argparse.Namespace, out: TextIO) -> int:

@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
+from conftest import wait_for
 from poller_server.client import PollerClient
 from poller_server.poller_cli import main
 
@@ -260,6 +262,26 @@ def test_requeue_and_delete(poller, client):
     assert deleted_again.code == 1
     assert "job 1 not found" in deleted_again.err
     assert requeue_missing.code == 1
+
+
+@pytest.mark.parametrize("argv", [["requeue", "1"], ["set", "1", "new"]])
+def test_requeue_claimed_at_once_by_waiting_runner(poller, client, server, argv):
+    client.create("jdoe", {})
+    client.fail(1, reason="flaky")
+    claimed = []
+    waiter = threading.Thread(target=lambda: claimed.append(
+        client.next(wait=10, claim=True, runner="runner-w")))
+    waiter.start()
+    assert wait_for(lambda: b"poller_waiting_requests 1" in server.call("GET", url_path="/metrics").body)
+
+    result = poller(*argv)
+    waiter.join(10)
+
+    assert result.code == 0, result
+    assert result.out == ("Job 1 was requeued, and the waiting runner runner-w claimed it at once (attempt 1); "
+                          "it is now in_progress. Run `poller show 1` to follow it.\n")
+    assert claimed[0]["job_id"] == 1
+    assert client.get(1)["status"] == "in_progress"
 
 
 def test_requeue_complete_job_conflicts(poller, client):
