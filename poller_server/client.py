@@ -289,6 +289,20 @@ class RetryPolicy:
         return delay
 
 
+def url_port(url: str, parts: urllib.parse.SplitResult) -> int:
+    """Return the port of ``url``, or the scheme's default; raise ValueError naming the port as written."""
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is None:
+        return 443 if parts.scheme == "https" else 80
+    if not 1 <= port <= 65535:
+        port_text = parts.netloc.rpartition(":")[2]
+        raise ValueError(f"invalid port {port_text!r} in server URL {url!r}: must be a number from 1 to 65535")
+    return port
+
+
 def read_token(token: str | None, token_file: str | None) -> str | None:
     """Return the bearer token given directly or read from ``token_file``.
 
@@ -344,7 +358,7 @@ class ClientBase:
         self.url = url.rstrip("/")
         self.scheme = parts.scheme
         self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.port = url_port(url, parts)
         self.netloc = parts.netloc
         self.path = base_path + API_PATH
         self.endpoint = f"{parts.scheme}://{parts.netloc}{self.path}"

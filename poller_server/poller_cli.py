@@ -271,10 +271,14 @@ def job_id(text: str) -> int:
 
 
 def non_negative_seconds(text: str) -> float:
+    """Parse a number of seconds; a whole number stays an int, so the request and any error show it as typed."""
     try:
-        value = float(text)
+        value: float = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be a number") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be 0 or more")
     return value

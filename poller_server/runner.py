@@ -453,16 +453,26 @@ class Runner:
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text}: must be 1 or more")
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a positive integer (1 or more)")
     return value
 
 
 def seconds(text: str) -> float:
-    value = float(text)
+    """Parse a number of seconds; a whole number stays an int, so the request and any error show it as typed."""
+    try:
+        value: float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be a number") from None
     if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text}: must be 0 or more seconds")
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be 0 or more")
     return value
 
 
@@ -494,16 +504,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=positive_int, default=1, help="jobs to run at once (default: 1)")
     parser.add_argument("--max-jobs", type=positive_int, help="exit after taking this many jobs (default: no limit)")
     parser.add_argument("--once", action="store_true", help="take one job, run it, then exit (same as --max-jobs 1)")
-    parser.add_argument("--grace", type=seconds, default=60.0,
+    parser.add_argument("--grace", type=seconds, default=60,
                         help="seconds running commands get to end after SIGTERM before they are stopped and "
                         "their jobs requeued (default: %(default)s)")
-    parser.add_argument("--wait", type=seconds, default=20.0,
+    parser.add_argument("--wait", type=seconds, default=20,
                         help="seconds each poll waits for a job, at most the server's --max-wait; a stop "
                         "lets the poll in flight finish first (default: %(default)s)")
-    parser.add_argument("--lease", type=float, default=300.0,
+    parser.add_argument("--lease", type=seconds, default=300,
                         help="lease of each claimed job, in seconds; a job whose runner stops heartbeating "
                         "goes back to new after it (default: %(default)s)")
-    parser.add_argument("--heartbeat", type=float,
+    parser.add_argument("--heartbeat", type=seconds,
                         help="seconds between lease extensions (default: a third of --lease)")
 
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
@@ -522,7 +532,7 @@ def parse_settings(argv: list[str] | None) -> tuple[argparse.Namespace, RunnerSe
         parser.error(f"invalid --lease {args.lease}: must be at least 1 second")
     heartbeat = args.heartbeat if args.heartbeat is not None else args.lease / 3
     if not 0 < heartbeat < args.lease:
-        parser.error(f"invalid --heartbeat {heartbeat}: must be more than 0 and less than --lease {args.lease}")
+        parser.error(f"invalid --heartbeat {heartbeat:g}: must be more than 0 and less than --lease {args.lease}")
     if not 1 <= len(args.runner_name) <= 128:
         parser.error(f"invalid --runner-name {args.runner_name!r}: must be 1 to 128 characters")
     settings = RunnerSettings(

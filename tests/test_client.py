@@ -279,6 +279,8 @@ def test_invalid_arguments_rejected_locally(server, make_client):
         client.set_status(1, "new")
     with pytest.raises(ValueError):
         PollerClient("ftp://127.0.0.1")
+    with pytest.raises(ValueError, match="invalid port '99999' in server URL 'http://127.0.0.1:99999'"):
+        PollerClient("http://127.0.0.1:99999")
     with pytest.raises(ValueError, match="claim=True"):
         client.next(lease=600)
     with pytest.raises(ValueError, match="claim=True"):

@@ -304,6 +304,28 @@ def test_unreachable_server_exit_3(poller):
         assert "POLLER_URL" in result.err
 
 
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_bad_url_port_names_value(poller, port):
+    url = f"http://127.0.0.1:{port}"
+    result = poller("--url", url, "list")
+    assert result.code == 2, result
+    assert f"invalid port {port!r} in server URL {url!r}: must be a number from 1 to 65535" in result.err
+    assert "check --url" in result.err
+
+
+def test_next_wait_error_shows_value_as_typed(poller):
+    result = poller("next", "--wait", "9999")
+    assert result.code == 1, result
+    assert "invalid wait '9999': must be 0 to 60 seconds" in result.err
+    assert "9999.0" not in result.err
+
+
+def test_next_wait_not_a_number_is_usage_error(poller):
+    result = poller("next", "--wait", "soon")
+    assert result.code == 2, result
+    assert "argument --wait: invalid number of seconds 'soon': must be a number" in result.err
+
+
 def test_url_option_beats_environment(poller, server):
     result = poller("list", "--url", server.url, env={"POLLER_URL": f"http://127.0.0.1:{closed_port()}"})
     assert result.code == 0, result

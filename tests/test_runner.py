@@ -312,6 +312,31 @@ def test_runner_usage_errors():
     assert "missing COMMAND" in result.stderr
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--concurrency", "abc", "argument --concurrency: invalid value 'abc': must be a positive integer (1 or more)"),
+    ("--concurrency", "0", "argument --concurrency: invalid value '0': must be a positive integer (1 or more)"),
+    ("--max-jobs", "1.5", "argument --max-jobs: invalid value '1.5': must be a positive integer (1 or more)"),
+    ("--wait", "soon", "argument --wait: invalid number of seconds 'soon': must be a number"),
+    ("--lease", "-1", "argument --lease: invalid number of seconds '-1': must be 0 or more"),
+    ("--lease", "0", "invalid --lease 0: must be at least 1 second"),
+])
+def test_runner_bad_option_names_value(option, value, message):
+    result = subprocess.run([sys.executable, "-m", "poller_server.runner", option, value, "--", "true"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "positive_int" not in result.stderr
+
+
+def test_runner_wait_above_server_maximum(server_factory):
+    server = server_factory()
+    result = subprocess.run([sys.executable, "-m", "poller_server.runner", "--url", server.url, "--wait", "9999",
+                             "--", "true"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "invalid wait '9999': must be 0 to 60 seconds" in result.stderr
+    assert "9999.0" not in result.stderr
+
+
 def test_runner_uses_poller_url(server_factory, start_runner, tmp_path):
     server = server_factory()
     client = PollerClient(server.url)
