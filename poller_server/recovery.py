@@ -36,7 +36,15 @@ logger = logging.getLogger(__name__)
 
 
 class RecoveryError(Exception):
-    """The data directory cannot be loaded without losing or inventing jobs."""
+    """The data directory cannot be loaded without losing or inventing jobs.
+
+    ``problem`` is the message without the advice on what to run next, for
+    ``poller-recover repair``, which gives its own.
+    """
+
+    def __init__(self, problem: str, advice: str = "") -> None:
+        super().__init__(f"{problem}; {advice}" if advice else problem)
+        self.problem = problem
 
 
 @dataclass
@@ -46,6 +54,8 @@ class SnapshotReport:
     jobs: int | None
     valid: bool
     error: str | None = None
+    # The error without its advice on what to run next.
+    problem: str | None = None
 
 
 @dataclass
@@ -101,7 +111,8 @@ def quarantine_tail(segment_path: str, offset: int) -> str:
     with open(segment_path, "r+b") as f:
         f.seek(offset)
         tail = f.read()
-        with open(target, "wb") as out:
+        # The cut bytes are job data, so they are as private as the journal (mode 0600).
+        with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
             out.write(tail)
             out.flush()
             os.fsync(out.fileno())
@@ -133,6 +144,7 @@ def recover(data_dir: str, repair: bool = True) -> tuple[JobStore, RecoveryRepor
         store = _recover(data_dir, repair, report)
     except RecoveryError as exc:
         report.error = str(exc)
+        report.problem = exc.problem
         exc.report = report  # type: ignore[attr-defined]
         raise
     finally:
@@ -170,8 +182,8 @@ def _recover(data_dir: str, repair: bool, report: RecoveryReport) -> JobStore:
         if report.snapshots and not (segments and segments[0][0] == 1):
             raise RecoveryError(
                 f"no valid snapshot in {data_dir} and the journal does not start at seq 1, "
-                "so jobs would be missing; restore a snapshot from backup or run "
-                f"'{repair_command(data_dir)}' to see what can be saved"
+                "so jobs would be missing",
+                f"restore a snapshot from backup or run '{repair_command(data_dir)}' to see what can be saved",
             )
         if report.snapshots:
             logger.warning("No valid snapshot; rebuilding from the whole journal")
@@ -191,15 +203,16 @@ def _recover(data_dir: str, repair: bool, report: RecoveryReport) -> JobStore:
                 continue
             if record.seq != last_seq + 1:
                 raise RecoveryError(
-                    f"journal {path} jumps from seq {last_seq} to {record.seq}: records are missing; "
-                    f"run '{repair_command(data_dir)}'"
+                    f"journal {path} jumps from seq {last_seq} to {record.seq}: records are missing",
+                    f"run '{repair_command(data_dir)}'",
                 )
             try:
                 store.apply(decode_payload(record.payload))
             except (KeyError, AssertionError, TypeError, ValueError, msgpack.UnpackException) as exc:
                 raise RecoveryError(
                     f"journal {path} record seq {record.seq} at offset {record.offset} "
-                    f"cannot be applied ({exc!r}); run '{repair_command(data_dir)}'"
+                    f"cannot be applied ({exc!r})",
+                    f"run '{repair_command(data_dir)}'",
                 ) from exc
             last_seq = record.seq
             report.records_replayed += 1
@@ -234,6 +247,6 @@ def _fail_corrupt(data_dir: str, damage: DamageReport, report: RecoveryReport) -
     report.corruption = damage
     raise RecoveryError(
         f"journal {damage.path} is corrupt at offset {damage.offset} ({damage.reason}) "
-        "and valid records follow, so starting would silently drop jobs; "
-        f"run '{repair_command(data_dir)}' to cut and quarantine the damaged part"
+        "and valid records follow, so starting would silently drop jobs",
+        f"run '{repair_command(data_dir)}' to cut and quarantine the damaged part",
     )

@@ -190,6 +190,7 @@ class TestTornTail:
         assert f"cut 4096 bytes at offset {size}" in started.log
         [quarantined] = quarantine_files(server.data_dir)
         assert quarantined.read_bytes() == tail
+        assert quarantined.stat().st_mode & 0o777 == 0o600
         extra = create(started, user="after")
         started.kill9()
         again = server_factory(*NO_TIMED_SNAPSHOTS, data_dir=server.data_dir)

@@ -249,6 +249,8 @@ class TestRepair:
         refused = run_recover("repair", "--data-dir", str(both_bad))
         assert refused.returncode == 2
         assert "cannot fix this automatically" in refused.stdout
+        # It does not send the operator back to the command that just refused.
+        assert "poller-recover repair" not in refused.stdout
         assert checksums(both_bad) == before
 
     def test_dry_run_changes_no_byte(self, server_factory, tmp_path):
@@ -442,6 +444,9 @@ class TestSalvage:
         result = json.loads(repair.stdout)
         assert result["missing_seqs"] == [4, 6]
         assert [record["job_ids"] for record in result["salvage"]["applied"]] == [[7], [8], [9]]
+        # No existing file changed, so no empty backup folder is left behind.
+        assert result["backed_up"] == []
+        assert list(data_dir.glob("repair-backup-*")) == []
         server = server_factory(data_dir=data_dir)
         assert [job["job_id"] for job in listing(server)] == [1, 2, 3, 7, 8, 9]
         assert server.call("POST", request="new", user="jdoe").json["job_id"] == 10
@@ -509,6 +514,21 @@ class TestLock:
 
 
 class TestExportImport:
+    @pytest.mark.parametrize("target, fragment", [
+        ("folder", "it is a directory"), ("missing/x.json", "does not exist"),
+    ])
+    def test_export_to_bad_output_names_it(self, tmp_path, target, fragment):
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        (tmp_path / "folder").mkdir()
+        output_path = tmp_path / target
+        result = run_recover("export", "--output", str(output_path), "--data-dir", str(data_dir))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"invalid --output '{output_path}'" in result.stderr
+        assert fragment in result.stderr
+        assert ".tmp" not in result.stderr
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "folder"]
+
     def test_export_import_gives_same_jobs(self, server_factory, tmp_path):
         source_dir = tmp_path / "source"
         server = server_factory(data_dir=source_dir)
@@ -652,9 +672,24 @@ class TestArguments:
         for args in (("check",), ("repair", "--dry-run"), ("import", "--dry-run", str(LEGACY_DUMP))):
             result = run_recover(*args, "--data-dir", str(not_dir))
             assert result.returncode == 64, (args, result.stderr)
-            assert f"data directory {not_dir} is not a directory" in result.stderr
+            assert f"data directory '{not_dir}' is not a directory" in result.stderr
             assert "does not exist" not in result.stderr
         assert not_dir.read_text() == "x"
+
+    @pytest.mark.parametrize("dry_run", [True, False])
+    def test_import_under_a_file_is_usage_error(self, tmp_path, dry_run):
+        not_dir = tmp_path / "file"
+        not_dir.write_text("x")
+        options = ["--dry-run"] if dry_run else []
+        result = run_recover("import", *options, str(LEGACY_DUMP), "--data-dir", str(not_dir / "sub"))
+        assert result.returncode == 64, result.stdout + result.stderr
+        assert f"cannot be created: '{not_dir}' is not a directory" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_empty_data_dir_is_usage_error(self):
+        result = run_recover("import", str(LEGACY_DUMP), "--data-dir", "")
+        assert result.returncode == 64, result.stdout + result.stderr
+        assert "invalid --data-dir ''" in result.stderr
 
     def test_requeue_reason_needs_to_failed(self, tmp_path):
         data_dir = tmp_path / "data"

@@ -24,12 +24,23 @@ def check_data_dir(data_dir: str, may_be_missing: bool) -> bool:
     A path that exists but is not a directory is never usable. A missing one
     is an error unless ``may_be_missing`` (``import`` creates the directory).
     """
+    if not data_dir:
+        raise DataDirUnusable("invalid --data-dir '': pass the server's data directory")
     if os.path.isdir(data_dir):
         return True
     if os.path.lexists(data_dir):
-        raise DataDirUnusable(f"data directory {data_dir} is not a directory; pass the server's --data-dir")
+        raise DataDirUnusable(f"data directory {data_dir!r} is not a directory; pass the server's --data-dir")
     if not may_be_missing:
-        raise DataDirUnusable(f"data directory {data_dir} does not exist; pass the server's --data-dir")
+        raise DataDirUnusable(f"data directory {data_dir!r} does not exist; pass the server's --data-dir")
+    # It will be created: the nearest folder above it that exists must be a directory.
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise DataDirUnusable(
+            f"data directory {data_dir!r} cannot be created: {parent!r} is not a directory; "
+            "pass a --data-dir under a directory"
+        )
     return False
 
 

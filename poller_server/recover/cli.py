@@ -22,15 +22,15 @@ from typing import NoReturn
 
 from ..config import Config
 from ..datadir import DataDirLocked
-from ..errors import JournalError
+from ..errors import JournalError, PollerError, StartupError
 from ..jobs import FAILED, NEW, STATUSES
 from ..recovery import RecoveryError, recover
-from ..store import JobStore
+from ..store import JobStore, validate_user
 from . import output
 from .access import DataDirUnusable, check_data_dir, load_for_write, locked
 from .compaction import compact_data_dir
 from .diagnosis import EXIT_WOULD_NOT_START, diagnose
-from .job_export import export_to_file, write_export
+from .job_export import ExportPathError, export_to_file, write_export
 from .job_import import ImportFileError, plan_import, read_import_file
 from .journaled import commit_changes
 from .repair import carry_out, plan_repair, succeeded
@@ -67,6 +67,14 @@ def job_id_argument(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid job id {text!r}: must be a positive integer")
     return value
+
+
+def user_argument(text: str) -> str:
+    """Parse a ``--user`` value with the rules the HTTP API applies to user names."""
+    try:
+        return validate_user(text)
+    except PollerError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def check_combinations(parser: ArgumentParser, args: argparse.Namespace) -> None:
@@ -121,7 +129,7 @@ def build_parser() -> ArgumentParser:
         "Move in_progress jobs back to new (or to failed) because the runners that held them are gone. "
         "The change is journaled, so the server sees it on start.",
     )
-    requeue.add_argument("--user", help="only jobs of this user")
+    requeue.add_argument("--user", type=user_argument, help="only jobs of this user")
     requeue.add_argument(
         "--job-id", type=job_id_argument, action="append", default=[], metavar="ID",
         help="only this job; repeat for more (each must be in_progress)",
@@ -140,7 +148,7 @@ def build_parser() -> ArgumentParser:
 
     export = add("export", "Write jobs as a JSON array in the shape the HTTP API returns.")
     export.add_argument("--status", choices=STATUSES, help="only jobs with this status")
-    export.add_argument("--user", help="only jobs of this user")
+    export.add_argument("--user", type=user_argument, help="only jobs of this user")
     export.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
 
     importer = add(
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         warn("poller-recover: works only while no server runs on the directory; "
              "stop the server (SIGTERM) and run the command again")
         return EXIT_LOCKED
-    except DataDirUnusable as exc:
+    except (DataDirUnusable, StartupError) as exc:
         warn(f"poller-recover: {exc}")
         return EXIT_USAGE
     except RecoveryError as exc:
@@ -265,7 +273,11 @@ def run_export(args: argparse.Namespace) -> int:
         warn(f"poller-recover: the journal has a torn tail at {report.torn_tail.path} offset "
              f"{report.torn_tail.offset}; the export contains the jobs before it")
     if args.output:
-        count = export_to_file(store, args.output, args.status, args.user)
+        try:
+            count = export_to_file(store, args.output, args.status, args.user)
+        except ExportPathError as exc:
+            warn(f"poller-recover: {exc}")
+            return EXIT_FAILED
         warn(f"Exported {output.plural(count, 'job')} to {args.output}")
     else:
         count = write_export(store, sys.stdout.buffer, args.status, args.user)
@@ -279,7 +291,8 @@ def run_import(args: argparse.Namespace) -> int:
     except ImportFileError as exc:
         warn(f"poller-recover: {exc}")
         return EXIT_FAILED
-    if args.dry_run and not check_data_dir(args.data_dir, may_be_missing=True):
+    exists = check_data_dir(args.data_dir, may_be_missing=True)
+    if args.dry_run and not exists:
         plan = plan_import(JobStore(), format_name, rows, args.skip_existing)
     else:
         with locked(args.data_dir, write=not args.dry_run, create=True):

@@ -82,7 +82,8 @@ def print_plan(plan: RepairPlan, say: Print, dry_run: bool) -> None:
     if plan.nothing_to_do:
         say("Nothing to repair: the server would start cleanly.")
         return
-    say(f"Backup folder: {plan.backup_dir}")
+    if plan.files_to_back_up:
+        say(f"Backup folder: {plan.backup_dir}")
     for path in plan.files_to_back_up:
         say(f"  {verb} copy {path}")
     for path in plan.snapshots_to_quarantine:
@@ -152,7 +153,10 @@ def print_lost(plan: RepairPlan, say: Print) -> None:
 
 
 def print_result(result: RepairResult, say: Print) -> None:
-    say(f"Backed up {plural(len(result.backed_up), 'file')} to {result.plan.backup_dir}")
+    if result.backed_up:
+        say(f"Backed up {plural(len(result.backed_up), 'file')} to {result.plan.backup_dir}")
+    else:
+        say("Backed up nothing: the repair changes no existing file")
     for path in result.quarantined:
         say(f"Quarantined: {path}")
     if result.plan.salvage is not None:
@@ -162,7 +166,7 @@ def print_result(result: RepairResult, say: Print) -> None:
     if result.after is not None:
         say(f"After the repair: {result.after.verdict}")
         if result.after.store is not None:
-            say(f"The server will start with {len(result.after.store)} jobs")
+            say(f"The server will start with {plural(len(result.after.store), 'job')}")
 
 
 def print_import(plan: ImportPlan, say: Print, dry_run: bool) -> None:

@@ -146,7 +146,7 @@ def plan_repair(diagnosis: Diagnosis, backup_root: str | None = None, cut_only: 
             # No valid snapshot, or a record that does not apply: no cut point
             # is known, and guessing one could drop jobs.
             plan.blocked = (
-                f"{report.error}. Repair cannot fix this automatically; "
+                f"{report.problem or report.error}. Repair cannot fix this automatically; "
                 "restore the data directory from a backup"
             )
             return plan
@@ -202,11 +202,10 @@ def carry_out(plan: RepairPlan) -> RepairResult:
     assert plan.blocked is None
     result = RepairResult(plan)
     stamp = utc_stamp()
-    os.makedirs(plan.backup_dir, mode=0o700)
     for path in plan.files_to_back_up:
         result.backed_up.append(_back_up(path, plan.backup_dir))
-    fsync_directory(plan.backup_dir)
-    fsync_directory(os.path.dirname(plan.backup_dir) or ".")
+    if result.backed_up:
+        fsync_directory(plan.backup_dir)
 
     for path in plan.snapshots_to_quarantine:
         target = _unused_path(f"{path}.quarantine-{stamp}")
@@ -249,6 +248,10 @@ def succeeded(result: RepairResult) -> bool:
 
 
 def _back_up(path: str, backup_dir: str) -> str:
+    """Copy ``path`` into ``backup_dir``, creating that folder on first use."""
+    if not os.path.isdir(backup_dir):
+        os.makedirs(backup_dir, mode=0o700)
+        fsync_directory(os.path.dirname(backup_dir) or ".")
     target = os.path.join(backup_dir, os.path.basename(path))
     shutil.copy2(path, target)
     with open(target, "rb") as f:
