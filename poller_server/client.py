@@ -44,6 +44,9 @@ STATUSES = ("new", "in_progress", "complete", "failed")
 
 Job = dict[str, Any]
 
+# OpenSSL's reason for a handshake whose peer replied with something other than TLS, such as plain HTTP.
+PLAIN_HTTP_REASONS = frozenset({"WRONG_VERSION_NUMBER"})
+
 
 # -- errors ------------------------------------------------------------------------
 
@@ -69,7 +72,12 @@ class TimedOut(ConnectionFailed):
 
 
 class TLSFailed(PollerClientError):
-    """The TLS handshake failed, for example because the server's certificate is not trusted."""
+    """The TLS handshake failed, for example because the server's certificate is not trusted.
+
+    ``plain_http`` is true when the server seems to speak plain HTTP, so that an http:// URL would work.
+    """
+
+    plain_http = False
 
 
 class ResponseError(PollerClientError):
@@ -393,6 +401,34 @@ class ClientBase:
     def _request_timeout(self, call: ApiCall) -> float:
         return self.timeout + call.hold
 
+    def _plain_http_hint(self) -> str:
+        """Return the hint that an https URL may point at a server without TLS."""
+        return f"; the server may not use TLS: if it serves plain HTTP, use http://{self.netloc}"
+
+    def _connect_timed_out(self, call: ApiCall, seconds: float, during_handshake: bool) -> TimedOut:
+        """Build the error for a connection that timed out after ``seconds``, before the request was sent."""
+        if during_handshake:
+            text = f"TLS handshake with {self.url} timed out after {seconds:g} s (connect time-out)"
+            text += self._plain_http_hint()
+        else:
+            text = f"connecting to {self.url} timed out after {seconds:g} s (connect time-out)"
+        return TimedOut(f"request {call.request_type!r} failed: {text}")
+
+    def _response_timed_out(self, call: ApiCall) -> TimedOut:
+        return TimedOut(
+            f"request {call.request_type!r} to {self.url} timed out after {self._request_timeout(call):g} s "
+            "waiting for the response"
+        )
+
+    def _tls_failed(self, error: BaseException) -> TLSFailed:
+        """Build the error for a failed TLS handshake; a server without TLS gets a hint to use http://."""
+        text = f"TLS handshake with {self.url} failed: {error}"
+        plain_http = getattr(error, "reason", None) in PLAIN_HTTP_REASONS or isinstance(error, ssl.SSLEOFError)
+        text += self._plain_http_hint() if plain_http else "; check the CA file"
+        failure = TLSFailed(text)
+        failure.plain_http = plain_http
+        return failure
+
     def _read(self, call: ApiCall, status: int, reason: str, body: bytes, retry_after: str | None) -> Any:
         if status >= 400:
             raise error_from_response(status, reason, body, retry_after)
@@ -417,6 +453,13 @@ class ClientBase:
         return delay
 
 
+def note_attempts(error: PollerClientError, attempts: int) -> None:
+    """Add to a connection failure's message how often the request was sent, when it was more than once."""
+    if attempts > 1 and isinstance(error, ConnectionFailed):
+        error.message = f"after {attempts} attempts, {error.message}"
+        error.args = (error.message,)
+
+
 # -- blocking client ----------------------------------------------------------------------
 
 
@@ -435,7 +478,18 @@ class PollerClient(ClientBase):
         try:
             try:
                 connection.connect()
-                assert connection.sock is not None
+            except TimeoutError as exc:
+                # HTTPSConnection sets sock once the TCP connection is up, before the handshake.
+                raise self._connect_timed_out(call, self.connect_timeout, connection.sock is not None) from exc
+            except ssl.SSLError as exc:
+                raise self._tls_failed(exc) from exc
+            except OSError as exc:
+                text = f"cannot reach {self.url}: {describe_os_error(exc)}"
+                if self.scheme == "https" and connection.sock is not None:
+                    text += self._plain_http_hint()
+                raise ConnectionFailed(text) from exc
+            assert connection.sock is not None
+            try:
                 # NOTE: the socket time-out bounds each read, not the whole response.
                 # The server sends nothing until the response is ready, so the
                 # first read covers a long poll.
@@ -444,12 +498,9 @@ class PollerClient(ClientBase):
                 response = connection.getresponse()
                 data = response.read()
             except TimeoutError as exc:
-                raise TimedOut(
-                    f"request {call.request_type!r} to {self.url} timed out after "
-                    f"{self._request_timeout(call):g} s"
-                ) from exc
+                raise self._response_timed_out(call) from exc
             except ssl.SSLError as exc:
-                raise TLSFailed(f"TLS handshake with {self.url} failed: {exc}; check the CA file") from exc
+                raise self._tls_failed(exc) from exc
             except (OSError, http.client.HTTPException) as exc:
                 raise ConnectionFailed(f"cannot reach {self.url}: {describe_os_error(exc)}") from exc
         finally:
@@ -464,6 +515,7 @@ class PollerClient(ClientBase):
             except PollerClientError as error:
                 delay = self._retry_delay(call, call.attempts, error)
                 if delay is None:
+                    note_attempts(error, call.attempts)
                     raise
             time.sleep(delay)
 
@@ -593,14 +645,18 @@ class AsyncPollerClient(ClientBase):
         try:
             response = await self._http.fetch(request, raise_error=False)
         except HTTPTimeoutError as exc:
-            raise TimedOut(
-                f"request {call.request_type!r} to {self.url} timed out after {self._request_timeout(call):g} s"
-            ) from exc
+            # Tornado's message names the phase: "Timeout during TLS handshake with ...",
+            # "Timeout while connecting", "Timeout in request queue" or "Timeout during request".
+            message = str(exc.message or exc)
+            if "during request" in message:
+                raise self._response_timed_out(call) from exc
+            seconds = min(self.connect_timeout, self._request_timeout(call))
+            raise self._connect_timed_out(call, seconds, "TLS handshake" in message) from exc
         except HTTPClientError as exc:
             # With raise_error=False, Tornado raises only its own errors: status 599.
             raise ConnectionFailed(f"cannot reach {self.url}: {exc.message or exc}") from exc
         except ssl.SSLError as exc:
-            raise TLSFailed(f"TLS handshake with {self.url} failed: {exc}; check the CA file") from exc
+            raise self._tls_failed(exc) from exc
         except (OSError, StreamClosedError) as exc:
             raise ConnectionFailed(f"cannot reach {self.url}: {describe_os_error(exc)}") from exc
         return self._read(call, response.code, response.reason, response.body or b"", response.headers.get("Retry-After"))
@@ -613,6 +669,7 @@ class AsyncPollerClient(ClientBase):
             except PollerClientError as error:
                 delay = self._retry_delay(call, call.attempts, error)
                 if delay is None:
+                    note_attempts(error, call.attempts)
                     raise
             await asyncio.sleep(delay)
 

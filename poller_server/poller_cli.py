@@ -403,7 +403,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None,
         err.write(f"poller: {args.command} failed: {exc}" + (f"; {hint}" if hint else "") + "\n")
         return EXIT_SERVER_ERROR
     except TLSFailed as exc:
-        err.write(f"poller: {exc}; give the server's CA with --ca-file or POLLER_CA_FILE\n")
+        hint = "" if exc.plain_http else "; give the server's CA with --ca-file or POLLER_CA_FILE"
+        err.write(f"poller: {exc}{hint}\n")
         return EXIT_UNREACHABLE
     except ConnectionFailed as exc:
         err.write(f"poller: {exc}. Check that poller-server is running and that --url or POLLER_URL "

@@ -399,8 +399,29 @@ def test_closed_port_raises_connection_failed(make_client):
 def test_slow_answer_raises_timed_out(mock, make_client):
     mock.answer(200, {}, delay=2.0)
     client = make_client(mock.url, timeout=0.3, retry=NO_RETRY)
-    with pytest.raises(TimedOut):
+    with pytest.raises(TimedOut) as caught:
         client.get(1)
+    assert "timed out after 0.3 s waiting for the response" in caught.value.message
+
+
+def test_https_to_plain_server_times_out_in_handshake(server, make_client):
+    # A plain HTTP server waits for a request line that a TLS client hello never ends.
+    port = server.url.rsplit(":", 1)[1]
+    url = f"https://127.0.0.1:{port}"
+    client = make_client(url, connect_timeout=0.5, timeout=30, retry=NO_RETRY)
+    with pytest.raises(TimedOut) as caught:
+        client.list_jobs()
+    message = caught.value.message
+    assert f"TLS handshake with {url} timed out after 0.5 s (connect time-out)" in message
+    assert f"the server may not use TLS: if it serves plain HTTP, use http://127.0.0.1:{port}" in message
+    assert "30" not in message
+
+
+def test_retried_connection_failure_counts_attempts(make_client):
+    client = make_client(f"http://127.0.0.1:{closed_port()}", retry=RetryPolicy(retries=2, base_delay=0.01))
+    with pytest.raises(ConnectionFailed) as caught:
+        client.list_jobs()
+    assert caught.value.message.startswith("after 3 attempts, cannot reach")
 
 
 # -- retries -----------------------------------------------------------------------------

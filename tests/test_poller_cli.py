@@ -326,6 +326,40 @@ def test_next_wait_not_a_number_is_usage_error(poller):
     assert "argument --wait: invalid number of seconds 'soon': must be a number" in result.err
 
 
+@pytest.fixture
+def plain_http_listener():
+    """A loopback socket that answers every connection at once with a plain HTTP 400, as a server without TLS may."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(10)
+    listener.close()
+
+
+def test_https_to_plain_http_server_hints_http(poller, plain_http_listener):
+    port = plain_http_listener
+    result = poller("--url", f"https://127.0.0.1:{port}", "list")
+    assert result.code == 3, result
+    assert f"TLS handshake with https://127.0.0.1:{port} failed" in result.err
+    assert f"the server may not use TLS: if it serves plain HTTP, use http://127.0.0.1:{port}" in result.err
+    assert "--ca-file" not in result.err
+
+
 def test_url_option_beats_environment(poller, server):
     result = poller("list", "--url", server.url, env={"POLLER_URL": f"http://127.0.0.1:{closed_port()}"})
     assert result.code == 0, result
