@@ -220,6 +220,10 @@ class Runner:
         self.tasks: set[asyncio.Task[None]] = set()
         self.jobs_taken = 0
         self.fatal_error: Exception | None = None
+        # Whether the command template has found all its fields in a job yet.
+        # Until it has, a missing field is more likely a typo in the template
+        # than a gap in the job.
+        self.template_worked = False
         self._stopping = asyncio.Event()
         self._abort_now = asyncio.Event()
         # Set whenever a job ends or a stop is requested, to wake the poll loop.
@@ -347,9 +351,19 @@ class Runner:
             try:
                 argv = build_command(self.settings.command, run.job, job_file)
             except TemplateError as exc:
+                if not self.template_worked:
+                    # Failing this job would likely fail every queued job the
+                    # same way: put it back and stop, as for a missing command.
+                    logger.error("Runner cannot build the command for job %d: %s; fix the command template "
+                                 "and start the runner again", job_id, exc)
+                    self.fatal_error = exc
+                    self.request_stop()
+                    await self._release(job_id, run.lease_id, "the command template names a field the job lacks")
+                    return
                 logger.error("Job %d: %s", job_id, exc)
                 await self._report(run, "failed", f"the runner could not build the command: {exc}", started)
                 return
+            self.template_worked = True
 
             logger.info("Job %d started: user %s, attempt %s", job_id, run.job["user"], run.job.get("attempts", 1))
             logger.debug("Job %d: command %s", job_id, argv)

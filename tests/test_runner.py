@@ -198,15 +198,31 @@ def test_signal_death_recorded_as_failure(server_factory, start_runner):
     assert "dying" in failed["reason"]
 
 
-def test_unknown_template_field_fails_job(server_factory, start_runner):
+def test_template_typo_stops_runner_and_keeps_jobs(server_factory, start_runner):
     server = server_factory()
     client = PollerClient(server.url)
-    job = client.create("jdoe", {"casename": "x"})
+    jobs = [client.create("jdoe", {"casename": f"case{number}"}) for number in range(3)]
 
-    runner = start_runner(server.url, ["--once", "--wait", "1"], ["true", "{compset}"])
+    runner = start_runner(server.url, ["--wait", "1"], ["true", "{casenmae}"])
+
+    assert runner.wait() == 1, runner.log
+    assert "no field 'casenmae'" in runner.log
+    assert "fix the command template" in runner.log
+    for job in jobs:
+        assert client.get(job["job_id"])["status"] == "new"
+
+
+def test_job_without_template_field_fails_once_template_worked(server_factory, start_runner):
+    server = server_factory()
+    client = PollerClient(server.url)
+    complete = client.create("jdoe", {"casename": "a", "compset": "F1850"})
+    lacking = client.create("jdoe", {"casename": "b"})
+
+    runner = start_runner(server.url, ["--max-jobs", "2", "--wait", "1"], ["true", "{compset}"])
 
     assert runner.wait() == 0, runner.log
-    failed = client.get(job["job_id"])
+    assert client.get(complete["job_id"])["status"] == "complete"
+    failed = client.get(lacking["job_id"])
     assert failed["status"] == "failed"
     assert "no field 'compset'" in failed["reason"]
 
