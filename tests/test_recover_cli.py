@@ -316,12 +316,16 @@ class TestSalvage:
         assert f"bytes at offset {second_bad}" in text
         assert "covering seq 16: 12 jobs, next job id 15" in text
         assert "job ids they touched: 14" in text
+        # Job 3's create is unreadable, but ids 2 and 4 around it are not.
+        assert "Jobs created in the lost records (ids between readable creates that no readable record names): 3" \
+            in text
 
         salvage = planned["salvage"]
         assert [record["seq"] for record in salvage["applied"]] == [*range(4, 14), 16]
         assert [(record["seq"], record["job_ids"]) for record in salvage["skipped"]] == [(15, [14])]
         assert salvage["snapshot_seq"] == 16
         assert salvage["next_id"] == 15
+        assert salvage["created_in_lost_records"] == [3]
         assert planned["lost_job_ids"] == [14]
 
         backups = list(data_dir.glob("repair-backup-*"))

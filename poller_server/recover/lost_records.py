@@ -83,6 +83,33 @@ def ids_lost_records_may_hold(cuts: list[CutRange], applied_seq: int, next_id: i
     return first_id, missing + trailing_bytes // SMALLEST_CREATE_RECORD
 
 
+def ids_created_in_lost_records(cuts: list[CutRange], applied_seq: int, next_id: int) -> list[int]:
+    """Return the job ids that lost records must have created: gaps between readable creates.
+
+    Creates take ids in journal order, so when a readable create has an id
+    above the one expected, the ids in between were created by records that
+    are lost. Imports and id reservations move the expected id up, and ids
+    that a readable record names are left out: they are reported with it.
+    """
+    expected = next_id
+    gaps: list[int] = []
+    named: set[int] = set()
+    for cut in cuts:
+        for change in cut.changes:
+            if change.seq <= applied_seq:
+                continue
+            named.update(change.job_ids)
+            if not change.job_ids:
+                continue
+            if change.op == "create":
+                created = change.job_ids[0]
+                gaps.extend(range(expected, created))
+                expected = max(expected, created + 1)
+            elif change.op in ("import", "reserve_ids"):
+                expected = max(expected, change.job_ids[0] + 1)
+    return [job_id for job_id in gaps if job_id not in named]
+
+
 def read_cut_range(path: str, offset: int) -> CutRange:
     """Decode the bytes of the segment ``path`` from ``offset`` to its end."""
     cut = CutRange(path, offset, 0)

@@ -116,6 +116,9 @@ def print_salvage(plan: RepairPlan, say: Print, verb: str) -> None:
     if plan.missing_seqs is not None:
         first, last = plan.missing_seqs
         say(f"Journal records seq {first} to {last} are missing: no segment file contains them.")
+    if salvage.created_in_lost_records:
+        ids = ", ".join(str(job_id) for job_id in salvage.created_in_lost_records)
+        say(f"Jobs created in the lost records (ids between readable creates that no readable record names): {ids}")
     say(
         f"A snapshot {verb} be written covering seq {salvage.snapshot_seq}: "
         f"{plural(len(salvage.store), 'job')}, next job id {salvage.next_id}"

@@ -28,7 +28,13 @@ import msgpack
 from ..journal import Record, decode_payload, list_segments, read_segment
 from ..snapshot import SnapshotError, list_snapshots, read_snapshot
 from ..store import JobStore
-from .lost_records import CutRange, describe, ids_lost_records_may_hold, readable_records
+from .lost_records import (
+    CutRange,
+    describe,
+    ids_created_in_lost_records,
+    ids_lost_records_may_hold,
+    readable_records,
+)
 
 # The errors recovery takes as "this record cannot be applied", plus
 # AttributeError, which the store raises for an operation it does not know.
@@ -59,6 +65,9 @@ class Salvage:
     # Ids skipped past for records that could not be read and may have
     # created jobs, so that no id a user was given is handed out again.
     reserved_ids: int = 0
+    # Ids that lost records must have created, seen as gaps between readable
+    # creates; no readable record names them.
+    created_in_lost_records: list[int] = field(default_factory=list)
     applied: list[SalvagedRecord] = field(default_factory=list)
     skipped: list[SalvagedRecord] = field(default_factory=list)
 
@@ -75,6 +84,7 @@ class Salvage:
             "snapshot_seq": self.snapshot_seq,
             "next_id": self.next_id,
             "reserved_ids": self.reserved_ids,
+            "created_in_lost_records": self.created_in_lost_records,
             "jobs": len(self.store),
             "applied": [vars(record) for record in self.applied],
             "skipped": [vars(record) for record in self.skipped],
@@ -105,6 +115,7 @@ def plan_salvage(data_dir: str, cuts: list[CutRange]) -> Salvage:
 
     salvage = Salvage(store, last_seq)
     first_lost_id, lost_creates = ids_lost_records_may_hold(cuts, last_seq, store.next_id)
+    salvage.created_in_lost_records = ids_created_in_lost_records(cuts, last_seq, store.next_id)
     highest_id = 0
     for path, record in readable:
         lost = describe(record)
