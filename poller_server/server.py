@@ -176,6 +176,12 @@ async def serve(config: Config) -> None:
     tokens = TokenFile(config.token_file) if config.token_file else None
     ssl_context = make_ssl_context(config)
     raise_open_file_limit(config.max_connections + RESERVED_FILE_DESCRIPTORS)
+    if config.max_waiters >= config.max_connections:
+        logger.warning(
+            "--max-waiters %d is not below --max-connections %d: waiting 'next' requests can take every "
+            "connection, and then other requests get 503. Lower --max-waiters or raise --max-connections",
+            config.max_waiters, config.max_connections,
+        )
     runtime = open_data_dir(config)
     runtime.start()
     app = make_app(runtime.service, config, tokens, runtime)

@@ -131,6 +131,8 @@ class TestHeaderSize:
 class TestConnections:
     def test_connections_over_limit_get_503(self, server_factory):
         server = server_factory("--max-connections", "3")
+        # The default --max-waiters 10000 leaves no connection for other requests.
+        assert "--max-waiters 10000 is not below --max-connections 3" in server.log
         address = server_address(server)
         open_sockets = []
         try:
