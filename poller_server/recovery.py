@@ -54,8 +54,6 @@ class SnapshotReport:
     jobs: int | None
     valid: bool
     error: str | None = None
-    # The error without its advice on what to run next.
-    problem: str | None = None
 
 
 @dataclass
@@ -87,6 +85,8 @@ class RecoveryReport:
     torn_tail: DamageReport | None = None
     corruption: DamageReport | None = None
     error: str | None = None
+    # The error without its advice on what to run next.
+    problem: str | None = None
     jobs: int = 0
     next_id: int = 1
     status_counts: dict[str, int] = field(default_factory=dict)
