@@ -28,7 +28,17 @@ from dataclasses import asdict, dataclass, field
 import msgpack
 
 from .jobs import STATUSES
-from .journal import FILE_HEADER, fsync_directory, list_segments, read_segment, decode_payload
+from .journal import (
+    FILE_HEADER,
+    MAGIC,
+    SMALLEST_CREATE_RECORD,
+    VERSION,
+    decode_payload,
+    encode_record,
+    fsync_directory,
+    list_segments,
+    read_segment,
+)
 from .snapshot import SnapshotError, list_snapshots, read_snapshot
 from .store import JobStore
 
@@ -72,6 +82,8 @@ class DamageReport:
     bytes: int
     reason: str
     quarantine: str | None = None
+    # First and last job id kept from use because the cut bytes may have created them.
+    reserved_ids: tuple[int, int] | None = None
 
 
 @dataclass
@@ -101,12 +113,23 @@ def repair_command(data_dir: str) -> str:
 
 
 def quarantine_name(segment_path: str) -> str:
+    """Return an unused quarantine file name for ``segment_path``, stamped with the UTC time."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{segment_path}.quarantine-{stamp}"
+    candidate, number = f"{segment_path}.quarantine-{stamp}", 1
+    while os.path.lexists(candidate):
+        number += 1
+        candidate = f"{segment_path}.quarantine-{stamp}-{number}"
+    return candidate
 
 
-def quarantine_tail(segment_path: str, offset: int) -> str:
-    """Move the bytes of ``segment_path`` from ``offset`` on into a quarantine file."""
+def quarantine_tail(segment_path: str, offset: int, replacement: bytes = b"") -> str:
+    """Move the bytes of ``segment_path`` from ``offset`` on into a quarantine file.
+
+    ``replacement``, whole journal records, takes their place. It is written
+    over the cut bytes before the file is truncated behind it. A crash at any
+    point therefore leaves the old bytes, the result, or the new records
+    followed by part of the old bytes, which the next start cuts again.
+    """
     target = quarantine_name(segment_path)
     with open(segment_path, "r+b") as f:
         f.seek(offset)
@@ -116,15 +139,37 @@ def quarantine_tail(segment_path: str, offset: int) -> str:
             out.write(tail)
             out.flush()
             os.fsync(out.fileno())
-        if offset < FILE_HEADER.size:
+        if offset < FILE_HEADER.size and not replacement:
             # Not even the file header survived, so the segment contains nothing.
             os.unlink(segment_path)
         else:
-            f.truncate(offset)
+            start = offset
+            if offset < FILE_HEADER.size:
+                start, replacement = 0, FILE_HEADER.pack(MAGIC, VERSION) + replacement
+            f.seek(start)
+            f.write(replacement)
+            f.truncate(start + len(replacement))
             f.flush()
             os.fsync(f.fileno())
     fsync_directory(os.path.dirname(segment_path) or ".")
     return target
+
+
+def _torn_tail_reservation(store: JobStore, tail: DamageReport, segment_first_seq: int,
+                           last_seq: int) -> dict | None:
+    """Plan the id reservation for the job ids that a torn tail's bytes may have created.
+
+    A whole last record whose CRC fails looks like a torn tail, yet it may
+    have been acknowledged and a user may hold its job id. Returns None when
+    the bytes are too few to hold a create, or when the segment's own first
+    record is lost and the reservation could not take its place.
+    """
+    count = tail.bytes // SMALLEST_CREATE_RECORD
+    if count == 0:
+        return None
+    if tail.offset < FILE_HEADER.size and segment_first_seq != last_seq + 1:
+        return None
+    return store.plan_reserve_ids(store.next_id + count)
 
 
 def recover(data_dir: str, repair: bool = True) -> tuple[JobStore, RecoveryReport]:
@@ -191,6 +236,7 @@ def _recover(data_dir: str, repair: bool, report: RecoveryReport) -> JobStore:
 
     last_seq = base_seq
     pending_tail: DamageReport | None = None
+    pending_first_seq = 0
     for index, (first_seq, path) in enumerate(segments):
         scan, records = read_segment(path, first_seq, None)
         report.segments.append(
@@ -228,19 +274,33 @@ def _recover(data_dir: str, repair: bool, report: RecoveryReport) -> JobStore:
             continue
         if scan.resync_offset is not None:
             _fail_corrupt(data_dir, damage, report)
-        pending_tail = damage
+        pending_tail, pending_first_seq = damage, first_seq
 
     if pending_tail is not None:
         report.torn_tail = pending_tail
         if repair:
-            pending_tail.quarantine = quarantine_tail(pending_tail.path, pending_tail.offset)
+            reservation = _torn_tail_reservation(store, pending_tail, pending_first_seq, last_seq)
+            replacement = b"" if reservation is None else encode_record(last_seq + 1, reservation)
+            first_reserved = store.next_id
+            pending_tail.quarantine = quarantine_tail(pending_tail.path, pending_tail.offset, replacement)
             logger.warning(
                 "Journal %s had a torn tail: cut %d bytes at offset %d (%s) and moved them to %s",
                 pending_tail.path, pending_tail.bytes, pending_tail.offset, pending_tail.reason,
                 pending_tail.quarantine,
             )
+            if reservation is not None:
+                store.apply(reservation)
+                last_seq += 1
+                pending_tail.reserved_ids = (first_reserved, store.next_id - 1)
+                _log_reserved_ids(first_reserved, store.next_id - 1, pending_tail.bytes)
     report.last_seq = last_seq
     return store
+
+
+def _log_reserved_ids(first: int, last: int, cut_bytes: int) -> None:
+    ids = f"Job id {first}" if first == last else f"Job ids {first} to {last}"
+    logger.warning("%s will not be handed out: the %d bytes cut from the journal may have created %s",
+                   ids, cut_bytes, "it" if first == last else "them")
 
 
 def _fail_corrupt(data_dir: str, damage: DamageReport, report: RecoveryReport) -> None:

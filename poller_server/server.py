@@ -17,10 +17,9 @@ from .connections import LimitedHTTPServer
 from .errors import StartupError, describe_os_error
 from .event_loop import running_loop_name
 from .datadir import lock_data_dir, unlock_data_dir
-from .journal import SMALLEST_CREATE_RECORD, Journal
+from .journal import Journal
 from .recovery import recover
 from .service import JobService
-from .store import JobStore
 from .snapshotter import Snapshotter, remove_temporary_files
 from .tls import make_ssl_context
 
@@ -102,8 +101,6 @@ def open_data_dir(config: Config) -> Runtime:
             report.last_seq,
         )
         journal = Journal(config.data_dir, report.last_seq + 1, config.fsync)
-        if report.torn_tail is not None:
-            reserve_torn_tail_ids(store, journal, report.torn_tail.bytes)
         # The recovered jobs live until deleted: keep the garbage collector from
         # scanning them in every full collection, which would stall requests.
         gc.freeze()
@@ -116,26 +113,6 @@ def open_data_dir(config: Config) -> Runtime:
     )
     service.on_commit.append(snapshotter.after_commit)
     return Runtime(config, service, journal, snapshotter, lock_fd, report.seconds)
-
-
-def reserve_torn_tail_ids(store: JobStore, journal: Journal, cut_bytes: int) -> None:
-    """Keep the ids that a cut torn tail may have created from being handed out again.
-
-    A record whose bytes are all there but whose CRC fails looks like a torn
-    tail too, and it may have been acknowledged: a user may hold its job id.
-    The reservation is journaled before any new job, so the fsync that
-    acknowledges the next create also makes it durable.
-    """
-    count = cut_bytes // SMALLEST_CREATE_RECORD
-    if count == 0:
-        return
-    first = store.next_id
-    change = store.plan_reserve_ids(first + count)
-    journal.write(change)
-    store.apply(change)
-    ids = f"Job id {first}" if count == 1 else f"Job ids {first} to {store.next_id - 1}"
-    logger.warning("%s will not be handed out: the %d bytes cut from the journal may have created %s",
-                   ids, cut_bytes, "it" if count == 1 else "them")
 
 
 def format_address(sock: socket.socket) -> str:

@@ -31,6 +31,8 @@ class LostChange:
     op: str
     job_ids: list[int]
     description: str
+    # For an id reservation: the next job id it sets.
+    reserves_to: int | None = None
 
 
 @dataclass
@@ -67,8 +69,9 @@ def ids_lost_records_may_hold(cuts: list[CutRange], applied_seq: int, next_id: i
             if change.seq <= applied_seq:
                 continue
             seqs.append(change.seq)
-            if change.op in ("create", "import") and change.job_ids and change.seq > after:
-                after, first_id = change.seq, change.job_ids[0] + 1
+            known_next_id = _next_id_after(change)
+            if known_next_id is not None and change.seq > after:
+                after, first_id = change.seq, max(first_id, known_next_id)
     missing = 0
     if seqs:
         missing = max(seqs) - after - sum(1 for seq in seqs if seq > after)
@@ -99,15 +102,20 @@ def ids_created_in_lost_records(cuts: list[CutRange], applied_seq: int, next_id:
             if change.seq <= applied_seq:
                 continue
             named.update(change.job_ids)
-            if not change.job_ids:
-                continue
             if change.op == "create":
                 created = change.job_ids[0]
                 gaps.extend(range(expected, created))
-                expected = max(expected, created + 1)
-            elif change.op in ("import", "reserve_ids"):
-                expected = max(expected, change.job_ids[0] + 1)
+            known_next_id = _next_id_after(change)
+            if known_next_id is not None:
+                expected = max(expected, known_next_id)
     return [job_id for job_id in gaps if job_id not in named]
+
+
+def _next_id_after(change: LostChange) -> int | None:
+    """Return the next job id that ``change`` implies right after it, or None if it implies none."""
+    if change.op in ("create", "import") and change.job_ids:
+        return change.job_ids[0] + 1
+    return change.reserves_to
 
 
 def read_cut_range(path: str, offset: int) -> CutRange:
@@ -160,9 +168,7 @@ def describe(record: Record) -> LostChange:
     if op == "import":
         job_ids = [change["job"][0]]
     elif op == "reserve_ids":
-        # The highest id the record keeps from reuse, so a repair that drops
-        # the record still raises the next id past it.
-        job_ids = [change["next_id"] - 1]
+        job_ids = []
     elif "job_id" in change:
         job_ids = [change["job_id"]]
     else:
@@ -183,4 +189,5 @@ def describe(record: Record) -> LostChange:
         text = f"claim job {change['job_id']} by runner {change.get('runner')!r}"
     else:
         text = f"{op} job {change['job_id']}" if job_ids else op
-    return LostChange(record.seq, record.offset, op, job_ids, text)
+    reserves_to = change["next_id"] if op == "reserve_ids" else None
+    return LostChange(record.seq, record.offset, op, job_ids, text, reserves_to)
