@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -763,6 +764,31 @@ class TestArguments:
 
 
 class TestImportIds:
+    def test_failed_import_changes_nothing(self, tmp_path):
+        data_dir = tmp_path / "data"
+        rows = [{"job_id": job_id, "user": "jdoe", "status": "new", "created": "2016-02-02T01:01:07.013Z",
+                 "updated": "2016-02-02T01:01:07.013Z", "casename": "x" * 100} for job_id in (1, 2, 3)]
+        exported = tmp_path / "import.json"
+        exported.write_text(json.dumps(rows))
+
+        def small_file_limit():
+            # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG.
+            resource.setrlimit(resource.RLIMIT_FSIZE, (300, resource.RLIM_INFINITY))
+
+        failed = subprocess.run([sys.executable, "-m", "poller_server.recover", "import", str(exported),
+                                 "--data-dir", str(data_dir)],
+                                capture_output=True, text=True, timeout=60, preexec_fn=small_file_limit)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "import failed" in failed.stderr
+        assert "nothing was imported" in failed.stderr
+        assert list_segments(str(data_dir)) == []
+
+        # Once the cause is gone, the same import works, with the same ids.
+        again = run_recover("import", str(exported), "--data-dir", str(data_dir))
+        assert again.returncode == 0, again.stdout + again.stderr
+        store, _ = recover(str(data_dir), repair=False)
+        assert sorted(store.jobs) == [1, 2, 3]
+
     def test_deleted_id_not_reused(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
         server = server_factory(data_dir=data_dir)

@@ -303,11 +303,11 @@ def run_import(args: argparse.Namespace) -> int:
             plan = plan_import(store, format_name, rows, args.skip_existing)
             if not args.dry_run and plan.jobs:
                 try:
-                    commit_changes(args.data_dir, store, report.last_seq + 1, plan.changes(store))
+                    commit_changes(args.data_dir, store, report.last_seq + 1, plan.changes(store),
+                                   all_or_nothing=True)
                 except (JournalError, OSError) as exc:
                     warn(f"poller-recover: import failed: {exc}")
-                    warn("poller-recover: the jobs written before the failure stay; after fixing the cause, "
-                         "run the import again with --skip-existing")
+                    warn("poller-recover: nothing was imported; after fixing the cause, run the import again")
                     return EXIT_FAILED
     if args.json:
         say(json.dumps({**plan.to_dict(), "dry_run": args.dry_run}, ensure_ascii=False, indent=2))
