@@ -351,9 +351,11 @@ class Runner:
             try:
                 argv = build_command(self.settings.command, run.job, job_file)
             except TemplateError as exc:
-                if not self.template_worked:
+                if not self.template_worked and run.job.get("attempts", 1) <= 1:
                     # Failing this job would likely fail every queued job the
                     # same way: put it back and stop, as for a missing command.
+                    # A job that comes back after such a stop fails below, so
+                    # one job without the field cannot hold up the queue.
                     logger.error("Runner cannot build the command for job %d: %s; fix the command template "
                                  "and start the runner again", job_id, exc)
                     self.fatal_error = exc

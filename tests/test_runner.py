@@ -212,6 +212,25 @@ def test_template_typo_stops_runner_and_keeps_jobs(server_factory, start_runner)
         assert client.get(job["job_id"])["status"] == "new"
 
 
+def test_job_without_template_field_fails_on_second_claim(server_factory, start_runner):
+    server = server_factory()
+    client = PollerClient(server.url)
+    lacking = client.create("jdoe", {"casename": "a"})
+    complete = client.create("jdoe", {"casename": "b", "mppwidth": 240})
+
+    first = start_runner(server.url, ["--wait", "1"], ["true", "{mppwidth}"], name="first")
+    assert first.wait() == 1, first.log
+    assert client.get(lacking["job_id"])["status"] == "new"
+
+    # A restarted runner meets the job a second time: it fails, and the queue moves on.
+    second = start_runner(server.url, ["--max-jobs", "2", "--wait", "1"], ["true", "{mppwidth}"], name="second")
+    assert second.wait() == 0, second.log
+    failed = client.get(lacking["job_id"])
+    assert failed["status"] == "failed"
+    assert "no field 'mppwidth'" in failed["reason"]
+    assert client.get(complete["job_id"])["status"] == "complete"
+
+
 def test_job_without_template_field_fails_once_template_worked(server_factory, start_runner):
     server = server_factory()
     client = PollerClient(server.url)
