@@ -16,6 +16,7 @@ import sys
 import unicodedata
 from typing import Any, Callable, TextIO
 
+from .arguments import seconds_argument
 from .client import (
     STATUSES,
     ConnectionFailed,
@@ -270,20 +271,6 @@ def job_id(text: str) -> int:
     return int(text)
 
 
-def non_negative_seconds(text: str) -> float:
-    """Parse a number of seconds; a whole number stays an int, so the request and any error show it as typed."""
-    try:
-        value: float = int(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be 0 or more")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     # The connection options work before and after the subcommand; SUPPRESS
     # keeps a subcommand's missing option from hiding one given before it.
@@ -329,11 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     next_job = commands.add_parser("next", parents=[common], help="show, or claim, the oldest new job")
     next_job.add_argument("--claim", action="store_true",
                           help="take the job: it becomes in_progress and no runner gets it")
-    next_job.add_argument("--wait", type=non_negative_seconds, default=0,
+    next_job.add_argument("--wait", type=seconds_argument, default=0,
                           help="seconds to wait for a job when none is new (default: 0)")
     next_job.add_argument("--user", help="only this user's jobs")
     next_job.add_argument("--runner", help="name recorded on the claimed job (with --claim)")
-    next_job.add_argument("--lease", type=non_negative_seconds,
+    next_job.add_argument("--lease", type=seconds_argument,
                           help="lease of the claimed job in seconds, with --claim (default: the server's)")
     next_job.set_defaults(handler=cmd_next)
 

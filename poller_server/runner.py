@@ -50,6 +50,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .arguments import seconds_argument
 from .client import (
     AsyncPollerClient,
     BadRequest,
@@ -478,20 +479,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
-    """Parse a number of seconds; a whole number stays an int, so the request and any error show it as typed."""
-    try:
-        value: float = int(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be 0 or more")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poller-runner",
@@ -520,16 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=positive_int, default=1, help="jobs to run at once (default: 1)")
     parser.add_argument("--max-jobs", type=positive_int, help="exit after taking this many jobs (default: no limit)")
     parser.add_argument("--once", action="store_true", help="take one job, run it, then exit (same as --max-jobs 1)")
-    parser.add_argument("--grace", type=seconds, default=60,
+    parser.add_argument("--grace", type=seconds_argument, default=60,
                         help="seconds running commands get to end after SIGTERM before they are stopped and "
                         "their jobs requeued (default: %(default)s)")
-    parser.add_argument("--wait", type=seconds, default=20,
+    parser.add_argument("--wait", type=seconds_argument, default=20,
                         help="seconds each poll waits for a job, at most the server's --max-wait; a stop "
                         "lets the poll in flight finish first (default: %(default)s)")
-    parser.add_argument("--lease", type=seconds, default=300,
+    parser.add_argument("--lease", type=seconds_argument, default=300,
                         help="lease of each claimed job, in seconds; a job whose runner stops heartbeating "
                         "goes back to new after it (default: %(default)s)")
-    parser.add_argument("--heartbeat", type=seconds,
+    parser.add_argument("--heartbeat", type=seconds_argument,
                         help="seconds between lease extensions (default: a third of --lease)")
 
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),

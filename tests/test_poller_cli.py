@@ -326,6 +326,14 @@ def test_next_wait_not_a_number_is_usage_error(poller):
     assert "argument --wait: invalid number of seconds 'soon': must be a number" in result.err
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", str(10**400)])
+def test_next_wait_not_finite_is_usage_error(poller, value):
+    result = poller("next", "--wait", value)
+    assert result.code == 2, result
+    assert f"argument --wait: invalid number of seconds {value!r}" in result.err
+    assert "Traceback" not in result.err
+
+
 @pytest.fixture
 def plain_http_listener():
     """A loopback socket that answers every connection at once with a plain HTTP 400, as a server without TLS may."""

@@ -352,7 +352,9 @@ def test_runner_usage_errors():
     ("--concurrency", "0", "argument --concurrency: invalid value '0': must be a positive integer (1 or more)"),
     ("--max-jobs", "1.5", "argument --max-jobs: invalid value '1.5': must be a positive integer (1 or more)"),
     ("--wait", "soon", "argument --wait: invalid number of seconds 'soon': must be a number"),
-    ("--lease", "-1", "argument --lease: invalid number of seconds '-1': must be 0 or more"),
+    ("--lease", "-1", "argument --lease: invalid number of seconds '-1': must be 0 to 31536000 (a year)"),
+    ("--grace", "inf", "argument --grace: invalid number of seconds 'inf': must be 0 to 31536000 (a year)"),
+    ("--wait", "1e400", "argument --wait: invalid number of seconds '1e400': must be 0 to 31536000 (a year)"),
     ("--lease", "0", "invalid --lease 0: must be at least 1 second"),
 ])
 def test_runner_bad_option_names_value(option, value, message):
