@@ -81,6 +81,10 @@ def encode_record(seq: int, change: dict) -> bytes:
     return RECORD_HEADER.pack(len(payload), seq, crc) + payload
 
 
+# Folders in the data directory where poller-recover stages the segment of an
+# import until all of it is on disk; a start removes one a crash left behind.
+IMPORT_STAGING_PREFIX = "import-staging-"
+
 # Minimum size in bytes of a record that creates a job. A torn or unreadable
 # stretch of journal contains at most its length divided by it in creates,
 # which bounds the job ids it may have handed out.

@@ -126,9 +126,10 @@ def quarantine_tail(segment_path: str, offset: int, replacement: bytes = b"") ->
     """Move the bytes of ``segment_path`` from ``offset`` on into a quarantine file.
 
     ``replacement``, whole journal records, takes their place. It is written
-    over the cut bytes before the file is truncated behind it. A crash at any
-    point therefore leaves the old bytes, the result, or the new records
-    followed by part of the old bytes, which the next start cuts again.
+    over the cut bytes and fsynced before the file is truncated behind it. A
+    crash or power cut at any point therefore leaves the old bytes, the
+    result, or the new records followed by part of the old bytes, which the
+    next start cuts again.
     """
     target = quarantine_name(segment_path)
     with open(segment_path, "r+b") as f:
@@ -148,6 +149,10 @@ def quarantine_tail(segment_path: str, offset: int, replacement: bytes = b"") ->
                 start, replacement = 0, FILE_HEADER.pack(MAGIC, VERSION) + replacement
             f.seek(start)
             f.write(replacement)
+            # The new records reach the disk before the file shrinks, so a
+            # power cut cannot leave a shorter file without them.
+            f.flush()
+            os.fsync(f.fileno())
             f.truncate(start + len(replacement))
             f.flush()
             os.fsync(f.fileno())
@@ -242,7 +247,9 @@ def _recover(data_dir: str, repair: bool, report: RecoveryReport) -> JobStore:
         report.segments.append(
             SegmentReport(path, scan.records, records[0].seq if records else None, scan.last_seq, scan.size)
         )
-        if pending_tail is not None and records:
+        # Damage followed by more journal, readable or damaged, is not a torn
+        # tail: cutting only the last damage would drop the earlier one unseen.
+        if pending_tail is not None and (records or scan.bad_offset is not None):
             _fail_corrupt(data_dir, pending_tail, report)
         for record in records:
             if record.seq <= base_seq:
@@ -278,8 +285,13 @@ def _recover(data_dir: str, repair: bool, report: RecoveryReport) -> JobStore:
 
     if pending_tail is not None:
         report.torn_tail = pending_tail
+        reservation = _torn_tail_reservation(store, pending_tail, pending_first_seq, last_seq)
+        if not repair and reservation is not None:
+            # Report the next id a start would use, without writing anything.
+            first_reserved = store.next_id
+            store.apply(reservation)
+            pending_tail.reserved_ids = (first_reserved, store.next_id - 1)
         if repair:
-            reservation = _torn_tail_reservation(store, pending_tail, pending_first_seq, last_seq)
             replacement = b"" if reservation is None else encode_record(last_seq + 1, reservation)
             first_reserved = store.next_id
             pending_tail.quarantine = quarantine_tail(pending_tail.path, pending_tail.offset, replacement)

@@ -19,11 +19,12 @@ import gc
 import logging
 import os
 import resource
+import shutil
 import signal
 import time
 
 from .jobs import now_ms
-from .journal import Journal, fsync_directory, list_segments
+from .journal import IMPORT_STAGING_PREFIX, Journal, fsync_directory, list_segments
 from .snapshot import install_snapshot, list_snapshots, snapshot_name, write_snapshot_file
 from .store import JobStore
 
@@ -157,7 +158,10 @@ def compact(data_dir: str) -> None:
 
 
 def remove_temporary_files(data_dir: str) -> None:
-    """Delete snapshot files a crash left half-written."""
+    """Delete snapshot files a crash left half-written, and imports a crash left unfinished."""
     for name in os.listdir(data_dir):
+        path = os.path.join(data_dir, name)
         if name.startswith("snapshot-") and name.endswith(".tmp"):
-            os.unlink(os.path.join(data_dir, name))
+            os.unlink(path)
+        elif name.startswith(IMPORT_STAGING_PREFIX) and os.path.isdir(path):
+            shutil.rmtree(path)

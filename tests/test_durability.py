@@ -182,6 +182,24 @@ class TestTornTail:
         third = server_factory(*NO_TIMED_SNAPSHOTS, data_dir=server.data_dir)
         assert create(third, user="later")["job_id"] == 5
 
+    def test_damage_before_a_damaged_segment_refuses_start(self, server_factory):
+        """Two damaged places are corruption, not a torn tail: cutting the last one would hide the first."""
+        server, jobs = self._write_jobs(server_factory, count=4)
+        server.kill9()
+        empty = server_factory(*NO_TIMED_SNAPSHOTS, data_dir=server.data_dir)
+        empty.kill9()
+        first, second = [path for _, path in list_segments(str(server.data_dir))]
+        last = records_of(first)[-1]
+        data = bytearray(Path(first).read_bytes())
+        data[last.end - 2] ^= 0xFF
+        Path(first).write_bytes(bytes(data))
+        Path(second).write_bytes(bytes(120))
+
+        refused = server_factory(*NO_TIMED_SNAPSHOTS, data_dir=server.data_dir, expect_listening=False)
+        assert refused.wait_exit() == 1
+        assert f"journal {first} is corrupt" in refused.log
+        assert "poller-recover repair" in refused.log
+
     @pytest.mark.parametrize("tail_kind", ["zeros", "random"])
     def test_garbage_tail(self, server_factory, tail_kind):
         server, jobs = self._write_jobs(server_factory)

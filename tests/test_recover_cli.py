@@ -160,6 +160,23 @@ class TestRepair:
         # (one id is skipped per 54 bytes cut, so a few more go with it).
         assert server.call("POST", request="new", user="jdoe").json["job_id"] > 3
 
+    def test_check_reports_next_id_of_a_start_after_torn_tail(self, server_factory, tmp_path):
+        data_dir = tmp_path / "data"
+        segment = journal_with_jobs(server_factory, data_dir, 3)
+        _, last_end = record_offsets(segment)[-1]
+        data = bytearray(segment.read_bytes())
+        data[last_end - 2] ^= 0xFF
+        segment.write_bytes(bytes(data))
+
+        check = run_recover("check", "--json", "--data-dir", str(data_dir))
+        assert check.returncode == 1, check.stdout + check.stderr
+        report = json.loads(check.stdout)
+        first, last = report["torn_tail"]["reserved_ids"]
+        assert first == 3
+        assert report["next_id"] == last + 1
+        server = server_factory(data_dir=data_dir)
+        assert server.call("POST", request="new", user="jdoe").json["job_id"] == report["next_id"]
+
     def test_cut_only_quarantines_mid_file_corruption_with_ids(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
         segment = journal_with_jobs(server_factory, data_dir, 10)
@@ -784,6 +801,30 @@ class TestImportIds:
         assert list_segments(str(data_dir)) == []
 
         # Once the cause is gone, the same import works, with the same ids.
+        again = run_recover("import", str(exported), "--data-dir", str(data_dir))
+        assert again.returncode == 0, again.stdout + again.stderr
+        store, _ = recover(str(data_dir), repair=False)
+        assert sorted(store.jobs) == [1, 2, 3]
+
+    def test_import_killed_before_rename_leaves_nothing(self, server_factory, tmp_path):
+        # An import killed mid-way leaves only its staging folder; this one
+        # holds a whole segment, as if the kill came just before the rename.
+        rows = [{"job_id": job_id, "user": "jdoe", "status": "new", "created": "2016-02-02T01:01:07.013Z",
+                 "updated": "2016-02-02T01:01:07.013Z"} for job_id in (1, 2, 3)]
+        exported = tmp_path / "import.json"
+        exported.write_text(json.dumps(rows))
+        finished = tmp_path / "finished"
+        assert run_recover("import", str(exported), "--data-dir", str(finished)).returncode == 0
+        data_dir = tmp_path / "data"
+        staging = data_dir / "import-staging-x1y2"
+        staging.mkdir(parents=True)
+        [(_, segment)] = list_segments(str(finished))
+        shutil.copy(segment, staging)
+
+        server = server_factory(data_dir=data_dir)
+        assert listing(server) == []
+        assert not staging.exists()
+        server.terminate()
         again = run_recover("import", str(exported), "--data-dir", str(data_dir))
         assert again.returncode == 0, again.stdout + again.stderr
         store, _ = recover(str(data_dir), repair=False)

@@ -2,9 +2,10 @@
 
 import asyncio
 import os
+import shutil
+import tempfile
 
-from ..errors import JournalError
-from ..journal import Journal, fsync_directory, list_segments
+from ..journal import IMPORT_STAGING_PREFIX, Journal, fsync_directory, list_segments
 from ..store import Change, JobStore
 
 # The tool always waits for the disk, whatever fsync policy the server uses.
@@ -16,20 +17,26 @@ def commit_changes(data_dir: str, store: JobStore, next_seq: int, changes: list[
     """Append ``changes`` to a new journal segment, apply each, fsync; return their seqs.
 
     Each change is applied only after its append succeeded, as the server
-    does. Raises JournalError or OSError if an append or the fsync fails.
-    Changes appended before the failure then stay in the journal, unless
-    ``all_or_nothing``: the new segment is removed, so the directory is as
-    it was and ``store`` must be thrown away.
+    does. Raises JournalError or OSError if an append or the fsync fails;
+    changes appended before the failure then stay in the journal.
+
+    With ``all_or_nothing`` the segment is written in a temporary folder
+    inside ``data_dir`` and renamed into place only once all of it is on
+    disk, so a failure, Ctrl-C or crash leaves the directory as it was (a
+    leftover folder is removed by the next start). ``store`` must be thrown
+    away after a failure.
     """
-    try:
+    if not all_or_nothing:
         return _append_changes(data_dir, store, next_seq, changes)
-    except (JournalError, OSError):
-        if all_or_nothing:
-            for first_seq, path in list_segments(data_dir):
-                if first_seq >= next_seq:
-                    os.unlink(path)
-            fsync_directory(data_dir)
-        raise
+    staging = tempfile.mkdtemp(prefix=IMPORT_STAGING_PREFIX, dir=data_dir)
+    try:
+        seqs = _append_changes(staging, store, next_seq, changes)
+        for _, path in list_segments(staging):
+            os.rename(path, os.path.join(data_dir, os.path.basename(path)))
+        fsync_directory(data_dir)
+        return seqs
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _append_changes(data_dir: str, store: JobStore, next_seq: int, changes: list[Change]) -> list[int]:
