@@ -1,4 +1,4 @@
-"""Command-line value types shared by ``poller`` and ``poller-runner``."""
+"""Command-line value types shared by ``poller``, ``poller-runner`` and ``poller-recover``."""
 
 import argparse
 
@@ -23,3 +23,20 @@ def seconds_argument(text: str) -> float:
             f"invalid number of seconds {text!r}: must be 0 to {MAX_SECONDS} (a year)"
         )
     return value
+
+
+# Job ids and counts fit in 63 bits; longer digit strings are mistakes, and
+# int() refuses strings of more than 4300 digits with an error of its own.
+MAX_INTEGER_DIGITS = 19
+
+
+def positive_int_argument(text: str, what: str = "value") -> int:
+    """Parse a positive integer written in ASCII digits; ``what`` names it in the error."""
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_INTEGER_DIGITS or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: must be a positive integer (1 or more)")
+    return int(text)
+
+
+def job_id_argument(text: str) -> int:
+    """Parse a job id: a positive integer."""
+    return positive_int_argument(text, "job id")

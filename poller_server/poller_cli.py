@@ -16,7 +16,7 @@ import sys
 import unicodedata
 from typing import Any, Callable, TextIO
 
-from .arguments import seconds_argument
+from .arguments import job_id_argument, seconds_argument
 from .client import (
     STATUSES,
     ConnectionFailed,
@@ -265,12 +265,6 @@ def cmd_stats(client: PollerClient, args: argparse.Namespace, out: TextIO) -> in
 # -- argument parsing ------------------------------------------------------------------------
 
 
-def job_id(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"invalid job id {text!r}: must be a positive integer")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     # The connection options work before and after the subcommand; SUPPRESS
     # keeps a subcommand's missing option from hiding one given before it.
@@ -310,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=cmd_list)
 
     show = commands.add_parser("show", parents=[common], help="show one job")
-    show.add_argument("job_id", type=job_id, metavar="ID")
+    show.add_argument("job_id", type=job_id_argument, metavar="ID")
     show.set_defaults(handler=cmd_show)
 
     next_job = commands.add_parser("next", parents=[common], help="show, or claim, the oldest new job")
@@ -326,18 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     set_status = commands.add_parser("set", parents=[common], help="change a job's status",
                                      description="Change a job's status. Status new requeues the job.")
-    set_status.add_argument("job_id", type=job_id, metavar="ID")
+    set_status.add_argument("job_id", type=job_id_argument, metavar="ID")
     set_status.add_argument("status", choices=STATUSES, metavar="STATUS", help=", ".join(STATUSES))
     set_status.add_argument("--reason", help="why the job failed (status failed only)")
     set_status.add_argument("--lease-id", help="change the job only while this lease is current")
     set_status.set_defaults(handler=cmd_set)
 
     requeue = commands.add_parser("requeue", parents=[common], help="put a failed or in-progress job back to new")
-    requeue.add_argument("job_id", type=job_id, metavar="ID")
+    requeue.add_argument("job_id", type=job_id_argument, metavar="ID")
     requeue.set_defaults(handler=cmd_requeue)
 
     delete = commands.add_parser("delete", parents=[common], help="delete a job")
-    delete.add_argument("job_id", type=job_id, metavar="ID")
+    delete.add_argument("job_id", type=job_id_argument, metavar="ID")
     delete.set_defaults(handler=cmd_delete)
 
     stats = commands.add_parser("stats", parents=[common], help="count jobs per status and user")

@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .arguments import seconds_argument
+from .arguments import positive_int_argument, seconds_argument
 from .client import (
     AsyncPollerClient,
     BadRequest,
@@ -469,16 +469,6 @@ class Runner:
 # -- command line ---------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a positive integer (1 or more)")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poller-runner",
@@ -504,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user", help="take only this user's jobs (default: everyone's)")
     parser.add_argument("--runner-name", default=f"{socket.gethostname()}-{os.getpid()}",
                         help="name recorded on each claimed job, 1 to 128 characters (default: HOST-PID)")
-    parser.add_argument("--concurrency", type=positive_int, default=1, help="jobs to run at once (default: 1)")
-    parser.add_argument("--max-jobs", type=positive_int, help="exit after taking this many jobs (default: no limit)")
+    parser.add_argument("--concurrency", type=positive_int_argument, default=1, help="jobs to run at once (default: 1)")
+    parser.add_argument("--max-jobs", type=positive_int_argument, help="exit after taking this many jobs (default: no limit)")
     parser.add_argument("--once", action="store_true", help="take one job, run it, then exit (same as --max-jobs 1)")
     parser.add_argument("--grace", type=seconds_argument, default=60,
                         help="seconds running commands get to end after SIGTERM before they are stopped and "

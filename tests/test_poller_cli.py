@@ -320,6 +320,14 @@ def test_next_wait_error_shows_value_as_typed(poller):
     assert "9999.0" not in result.err
 
 
+@pytest.mark.parametrize("value", ["0", "abc", "²", "9" * 5000])
+def test_bad_job_id_is_usage_error(poller, value):
+    result = poller("show", value)
+    assert result.code == 2, result
+    assert "invalid job id" in result.err
+    assert "Traceback" not in result.err
+
+
 def test_next_wait_not_a_number_is_usage_error(poller):
     result = poller("next", "--wait", "soon")
     assert result.code == 2, result

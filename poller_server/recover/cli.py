@@ -20,6 +20,7 @@ import os
 import sys
 from typing import NoReturn
 
+from ..arguments import job_id_argument
 from ..config import Config
 from ..datadir import DataDirLocked
 from ..errors import JournalError, PollerError, StartupError
@@ -56,17 +57,6 @@ def say(line: str) -> None:
 
 def warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def job_id_argument(text: str) -> int:
-    """Parse a ``--job-id`` value: a positive integer, as job ids are."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid job id {text!r}: must be a positive integer")
-    return value
 
 
 def user_argument(text: str) -> str:
