@@ -77,6 +77,15 @@ def journal_with_jobs(server_factory, data_dir: Path, count: int) -> Path:
     return only_segment(data_dir)
 
 
+def write_three_segments(server_factory, data_dir: Path) -> None:
+    """Create jobs 1 to 9 in three journal segments (seqs 1, 4 and 7), three servers killed with -9."""
+    runs = load_runs()
+    for start in (0, 3, 6):
+        server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
+        create_jobs(server, runs[start:start + 3])
+        server.kill9()
+
+
 def corrupt_record(segment: Path, index: int) -> int:
     """Flip one payload byte of record ``index`` (from 0); return the record's offset."""
     offset, _ = record_offsets(segment)[index]
@@ -225,11 +234,7 @@ class TestRepair:
 
     def test_cut_only_after_lost_segment(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
-        runs = load_runs()
-        for start in (0, 3, 6):
-            server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
-            create_jobs(server, runs[start:start + 3])
-            server.kill9()
+        write_three_segments(server_factory, data_dir)
         segments = [Path(path) for _, path in list_segments(str(data_dir)) if os.path.getsize(path) > 16]
         assert [segment.name[8:28] for segment in segments] == ["%020d" % seq for seq in (1, 4, 7)]
         segments[1].unlink()
@@ -474,11 +479,7 @@ class TestSalvage:
 
     def test_garbage_after_older_segment_keeps_later_segments(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
-        runs = load_runs()
-        for start in (0, 3, 6):
-            server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
-            create_jobs(server, runs[start:start + 3])
-            server.kill9()
+        write_three_segments(server_factory, data_dir)
         first, second, third = journal_segments(data_dir)
         clean_size = first.stat().st_size
         with open(first, "ab") as f:
@@ -503,11 +504,7 @@ class TestSalvage:
 
     def test_lost_segment_later_records_applied(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
-        runs = load_runs()
-        for start in (0, 3, 6):
-            server = server_factory(*JOURNAL_ONLY, data_dir=data_dir)
-            create_jobs(server, runs[start:start + 3])
-            server.kill9()
+        write_three_segments(server_factory, data_dir)
         journal_segments(data_dir)[1].unlink()
 
         repair = run_recover("repair", "--json", "--data-dir", str(data_dir))
