@@ -20,7 +20,7 @@ from .beanstalk import BeanstalkConnection
 from .context import BenchContext, ScenarioResult, Target
 from .datasets import create_form_body, load_runs, run_payload
 from .http_client import HttpConnection, open_connections
-from .services import Beanstalkd, PollerServer, beanstalkd_path
+from .services import BEANSTALKD_MISSING, Beanstalkd, PollerServer, beanstalkd_path
 from .stats import percentile, ratios, summarize
 
 ENDPOINT = "/poller/update/"
@@ -174,7 +174,7 @@ def run(context: BenchContext) -> ScenarioResult:
     payloads = [run_payload(run) for run in runs]
     have_beanstalkd = beanstalkd_path() is not None
     if not have_beanstalkd:
-        result.skipped["beanstalkd"] = "beanstalkd is not installed (Debian package beanstalkd)"
+        result.skipped["beanstalkd"] = BEANSTALKD_MISSING
         context.log("lifecycle: beanstalkd is not installed; measuring the poller alone")
 
     systems = ("poller", "beanstalkd") if have_beanstalkd else ("poller",)

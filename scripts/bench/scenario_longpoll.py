@@ -14,7 +14,7 @@ from .beanstalk import BeanstalkConnection
 from .context import BenchContext, ScenarioResult, Target
 from .datasets import create_form_body, load_runs, run_payload
 from .http_client import HttpConnection, open_connections
-from .services import BareServer, Beanstalkd, PollerServer, beanstalkd_path
+from .services import BEANSTALKD_MISSING, BareServer, Beanstalkd, PollerServer, beanstalkd_path
 from .stats import percentile, summarize
 
 ENDPOINT = "/poller/update/"
@@ -123,7 +123,7 @@ def run(context: BenchContext) -> ScenarioResult:
     payloads = [run_payload(run) for run in runs]
     have_beanstalkd = beanstalkd_path() is not None
     if not have_beanstalkd:
-        result.skipped["beanstalkd"] = "beanstalkd is not installed (Debian package beanstalkd)"
+        result.skipped["beanstalkd"] = BEANSTALKD_MISSING
 
     max_waiters = max(sizes.idle_waiters, sizes.waiting_claimers) + 100
     p50: dict[str, list[float]] = {"poller": [], "beanstalkd": []}

@@ -219,6 +219,9 @@ class Beanstalkd(Service):
         return [beanstalkd_path() or "beanstalkd", "-l", HOST, "-p", str(self.port), "-b", str(self.binlog_dir), "-f", "0"]
 
 
+BEANSTALKD_MISSING = "beanstalkd is not installed (Debian package beanstalkd)"
+
+
 def beanstalkd_path() -> str | None:
     return shutil.which("beanstalkd")
 
