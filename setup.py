@@ -19,9 +19,8 @@ setup(
     extras_require={
         # orjson lets the benchmark's test run the JSON comparison; the server does not use it.
         "test": ["pytest>=7", "pytest-tornado>=0.8.1", "cryptography>=41", "orjson>=3.9"],
-        # scripts/poller-bench needs wrk and beanstalkd (Debian packages) besides the
-        # server's own dependencies; orjson is what its json scenario compares the
-        # standard library with, and py-spy samples the servers it starts when profiling.
+        # scripts/poller-bench also needs wrk and beanstalkd (Debian packages). Its json
+        # scenario compares the standard library with orjson, and py-spy profiles servers.
         "bench": ["orjson>=3.9", "py-spy>=0.3.14"],
     },
     entry_points={

@@ -16,8 +16,8 @@ def seconds_argument(text: str) -> float:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be a number") from None
-    # NaN fails every comparison, so this also rejects it; comparing keeps
-    # a huge int from overflowing a float.
+    # NaN fails every comparison, so this also rejects it. Comparing, unlike
+    # converting, cannot overflow on a huge int.
     if not 0 <= value <= MAX_SECONDS:
         raise argparse.ArgumentTypeError(
             f"invalid number of seconds {text!r}: must be 0 to {MAX_SECONDS} (a year)"
@@ -25,8 +25,8 @@ def seconds_argument(text: str) -> float:
     return value
 
 
-# Job ids and counts fit in 63 bits; longer digit strings are mistakes, and
-# int() refuses strings of more than 4300 digits with an error of its own.
+# A job id has at most 19 digits (2**63 - 1), so longer digit strings are
+# mistakes. Python also refuses to convert more than 4300 digits by default.
 MAX_INTEGER_DIGITS = 19
 
 

@@ -81,8 +81,8 @@ def encode_record(seq: int, change: dict) -> bytes:
     return RECORD_HEADER.pack(len(payload), seq, crc) + payload
 
 
-# Folders in the data directory where poller-recover stages the segment of an
-# import until all of it is on disk; a start removes one a crash left behind.
+# Prefix of the folders in the data directory where poller-recover stages an
+# import's segment until all of it is on disk. A start removes leftover ones.
 IMPORT_STAGING_PREFIX = "import-staging-"
 
 # Minimum size in bytes of a record that creates a job. A torn or unreadable

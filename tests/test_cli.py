@@ -129,7 +129,7 @@ def broken_uvloop(tmp_path):
     return {"PYTHONPATH": os.pathsep.join(path)}
 
 
-def test_auto_event_loop_falls_back_when_uvloop_fails_to_import(server_factory, broken_uvloop):
+def test_auto_loop_falls_back_on_broken_uvloop(server_factory, broken_uvloop):
     server = server_factory(env=broken_uvloop)
     assert "event loop asyncio" in server.log
     warnings = [line for line in server.lines if "uvloop failed to import" in line]
@@ -142,7 +142,7 @@ def test_auto_event_loop_falls_back_when_uvloop_fails_to_import(server_factory, 
     assert "never awaited" not in server.log
 
 
-def test_uvloop_asked_for_but_failing_to_import_is_usage_error(broken_uvloop, tmp_path):
+def test_broken_uvloop_requested_is_usage_error(broken_uvloop, tmp_path):
     result = run_cli("--event-loop", "uvloop", "--port", "0", "--data-dir", str(tmp_path / "data"),
                      env=broken_uvloop)
     assert result.returncode == 2

@@ -169,7 +169,7 @@ class TestTornTail:
         assert "torn tail" in started.log
         assert "Job id 3 will not be handed out" in started.log
         # The reservation took the cut bytes' place and is on disk before the
-        # server answers, so a crash before any new job keeps it.
+        # server accepts requests, so a crash before any new job keeps it.
         reservation = records_of(segment)[-1]
         assert reservation.offset == last.offset
         started.kill9()

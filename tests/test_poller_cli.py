@@ -344,7 +344,10 @@ def test_next_wait_not_finite_is_usage_error(poller, value):
 
 @pytest.fixture
 def plain_http_listener():
-    """A loopback socket that answers every connection at once with a plain HTTP 400, as a server without TLS may."""
+    """Yield the port of a loopback socket that responds to every connection with a plain HTTP 400.
+
+    A server without TLS responds like this to a TLS handshake.
+    """
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
     stop = threading.Event()

@@ -165,11 +165,11 @@ class TestRepair:
         assert result.returncode == 0, result.stdout + result.stderr
         server = server_factory(data_dir=data_dir)
         assert [job["job_id"] for job in listing(server)] == [1, 2]
-        # Job 3's create was cut with the tail; its id is not handed out again
-        # (one id is skipped per 54 bytes cut, so a few more go with it).
+        # Job 3's create was cut with the tail, so its id is not handed out again.
+        # One id is skipped per 54 bytes cut, so a few more ids go with it.
         assert server.call("POST", request="new", user="jdoe").json["job_id"] > 3
 
-    def test_check_reports_next_id_of_a_start_after_torn_tail(self, server_factory, tmp_path):
+    def test_check_next_id_after_torn_tail(self, server_factory, tmp_path):
         data_dir = tmp_path / "data"
         segment = journal_with_jobs(server_factory, data_dir, 3)
         _, last_end = record_offsets(segment)[-1]
@@ -461,7 +461,7 @@ class TestSalvage:
         assert server.call("POST", request="complete", job_id="1").code == 200
         server.kill9()
         # Lose seq 2 (create 2), seq 4 (import 10) and seqs 5 and 6 (creates 11
-        # and 12); the reservation (seq 3) and the completion (seq 7) stay.
+        # and 12). The reservation (seq 3) and the completion (seq 7) stay.
         first, second, third = journal_segments(data_dir)
         for segment, indexes in ((first, [1]), (second, [1]), (third, [0, 1])):
             offsets = record_offsets(segment)
@@ -804,8 +804,8 @@ class TestImportIds:
         assert sorted(store.jobs) == [1, 2, 3]
 
     def test_import_killed_before_rename_leaves_nothing(self, server_factory, tmp_path):
-        # An import killed mid-way leaves only its staging folder; this one
-        # holds a whole segment, as if the kill came just before the rename.
+        # An import killed mid-way leaves only its staging folder. This one
+        # contains a whole segment, as if the kill came just before the rename.
         rows = [{"job_id": job_id, "user": "jdoe", "status": "new", "created": "2016-02-02T01:01:07.013Z",
                  "updated": "2016-02-02T01:01:07.013Z"} for job_id in (1, 2, 3)]
         exported = tmp_path / "import.json"

@@ -283,9 +283,8 @@ def test_killed_runner_job_finished_by_second(server_factory, start_runner, tmp_
     started = tmp_path / "command-started"
     first = start_runner(server.url, ["--wait", "1", "--lease", "3"], python(RUN_UNTIL_ORPHANED, str(started)),
                          name="first")
-    # Kill only once the command runs: a runner killed before the claim's answer reached
-    # it never held the job, and the server rightly undoes such a claim without counting
-    # an attempt.
+    # Kill only once the command runs. A runner killed before the claim's response
+    # reached it never held the job, so the server undoes that claim uncounted.
     assert wait_for(started.exists, 15), first.log
     assert job_status(client, job["job_id"], "in_progress"), client.get(job["job_id"])
 

@@ -22,7 +22,7 @@ WAIT_SECONDS = 60
 WAKEUP_TIMEOUT = 10.0
 MEGABYTE = 1024 * 1024
 IDLE_CLAIM = f"{ENDPOINT}?request=next&claim=1&wait={WAIT_SECONDS}"
-# The bare app's route that holds a request until the client disconnects.
+# The bare app's route that keeps a request open until the client disconnects.
 BARE_HOLD = "/hold/"
 
 

@@ -153,8 +153,8 @@ class Service:
         self.stop()
 
 
-# The event loop both the poller and the bare app run on, so that they are
-# compared on the same stack; main() sets it from --event-loop.
+# Event loop of both the poller and the bare app, so that they are compared on
+# the same stack. main() sets it from --event-loop.
 EVENT_LOOP = {"name": "asyncio"}
 
 
